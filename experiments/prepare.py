@@ -1,0 +1,20 @@
+"""Prints the data figures of a configuration as one JSON line.
+
+  python -m experiments.prepare --flagfile=experiments/configs/seed_trainable.flags
+"""
+
+import json
+
+from experiments import config_flags
+from rnn_jax import data
+
+config_flags.define_config_flags()
+
+
+def main(argv):
+  del argv
+  print(json.dumps(data.prepare(config_flags.config_from_flags()).summary()))
+
+
+if __name__ == '__main__':
+  config_flags.run(main)

@@ -1,0 +1,46 @@
+"""Trains a word-level LSTM language model.
+
+  python -m experiments.train --flagfile=experiments/configs/seed_trainable.flags --workdir=DIR
+"""
+
+from absl import flags
+from absl import logging
+import jax
+
+from experiments import config_flags
+from rnn_jax import data
+from rnn_jax import sampling
+from rnn_jax import train
+
+config_flags.define_config_flags()
+flags.adopt_module_key_flags(config_flags)
+flags.DEFINE_string('workdir', None, 'Where the config, checkpoints and metrics go.',
+                    required=True)
+flags.DEFINE_bool('resume', False, 'Continue the run in --workdir from its latest checkpoint.')
+flags.DEFINE_bool('overwrite', False, 'Replace a run already in --workdir.')
+flags.DEFINE_integer('samples', 0, 'Passages to generate from the best checkpoint at the end.')
+flags.DEFINE_integer('sample_words', 30, 'Words per generated passage.')
+flags.DEFINE_float('temperature', 0.75, "Sampling temperature (the walkthrough's diversity).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  logging.info('JAX %s on %s', jax.__version__, jax.devices())
+  train.train_and_evaluate(config_flags.config_from_flags(), FLAGS.workdir,
+                           resume=FLAGS.resume, overwrite=FLAGS.overwrite)
+  if FLAGS.samples:
+    print_samples()
+
+
+def print_samples():
+  config, tokenizer, model, params = train.load(FLAGS.workdir)
+  valid = data.prepare(config).valid
+  for prompt, generated in sampling.random_passages(
+      valid, tokenizer, model, params, FLAGS.samples, FLAGS.sample_words,
+      FLAGS.temperature, config.seed):
+    print(f'\n{prompt}\n  -> {generated}')
+
+
+if __name__ == '__main__':
+  config_flags.run(main)

@@ -1,0 +1,123 @@
+"""Every hyperparameter of a run, in frozen dataclasses (one flag per field)."""
+
+import dataclasses
+import json
+from typing import Any
+
+from rnn_jax.errors import UserError
+
+WALKTHROUGH_FILTERS = '!"%;[\\]^_`{|}~\t\n'  # case-kept, trainable-embedding runs
+GLOVE_FILTERS = '!"#$%&()*+/:<=>@[\\]^_`{|}~\t\n'  # lower-case, pre-trained runs
+SPLITS = ('abstracts', 'windows')
+# How long to train may change when a run resumes; everything else is the run's own.
+RESUMABLE = ('max_epochs', 'patience', 'min_delta', 'log_every')
+
+
+def _require(condition: bool, message: str):
+  if not condition:
+    raise UserError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  data: str = ''  # .csv, .txt or .jsonl file; '' = the walkthrough's patent abstracts (downloaded)
+  text_column: str = 'patent_abstract'  # CSV column or JSON key that holds the text
+  filters: str = WALKTHROUGH_FILTERS  # characters the tokenizer turns into spaces
+  lower: bool = False  # lower-case the text before tokenizing
+  num_words: int = 0  # keep the num_words - 1 most frequent words (Keras semantics); 0 keeps all
+  training_length: int = 50  # words per window; the word after it is the label
+  min_extra_words: int = 20  # keep texts longer than training_length + min_extra_words words
+  split: str = 'abstracts'  # 'abstracts': no text in two sets; 'windows': the walkthrough's (leaks)
+  train_fraction: float = 0.8  # share of texts (or windows) used for training
+  valid_fraction: float = 0.1  # share for validation; the test set gets the rest
+
+  def __post_init__(self):
+    _require(self.num_words >= 0, f'num_words must be >= 0, got {self.num_words}')
+    _require(self.training_length >= 1,
+             f'training_length must be >= 1, got {self.training_length}')
+    _require(self.min_extra_words >= 0,
+             f'min_extra_words must be >= 0, got {self.min_extra_words}')
+    _require(self.split in SPLITS, f'split must be one of {SPLITS}, got {self.split!r}')
+    _require(0 < self.train_fraction < 1,
+             f'train_fraction must be in (0, 1), got {self.train_fraction}')
+    _require(0 < self.valid_fraction <= 1 - self.train_fraction + 1e-9,
+             f'valid_fraction must be in (0, 1 - train_fraction], got {self.valid_fraction}')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  embedding_dim: int = 100  # width of the word vectors
+  trainable_embeddings: bool = True  # False freezes the embedding matrix (pre-trained vectors)
+  mask_zero: bool = False  # token 0 is padding: the LSTM state carries over it unchanged
+  lstm_layers: int = 1  # stacked LSTM layers
+  lstm_units: int = 64  # hidden units per LSTM layer and direction
+  bidirectional: bool = False  # run the last LSTM layer both ways and concatenate
+  dropout: float = 0.1  # LSTM input dropout, one mask per sequence (Keras)
+  recurrent_dropout: float = 0.1  # LSTM hidden-state dropout, one mask per sequence (Keras)
+  dense_units: int = 128  # width of the relu layer after the LSTM
+  dense_dropout: float = 0.5  # dropout after the relu layer
+
+  def __post_init__(self):
+    for name in ('embedding_dim', 'lstm_layers', 'lstm_units', 'dense_units'):
+      _require(getattr(self, name) >= 1, f'{name} must be >= 1, got {getattr(self, name)}')
+    for name in ('dropout', 'recurrent_dropout', 'dense_dropout'):
+      _require(0 <= getattr(self, name) < 1,
+               f'{name} must be in [0, 1), got {getattr(self, name)}')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  learning_rate: float = 1e-3  # Adam step size
+  clip_norm: float = 0.0  # clip gradients to this global norm; 0 turns clipping off
+  batch_size: int = 2048  # windows per step (training and evaluation)
+  max_epochs: int = 150  # stop after this many epochs at the latest
+  patience: int = 5  # epochs without a val_loss improvement before stopping early
+  min_delta: float = 0.0  # smallest val_loss decrease that counts as an improvement
+  log_every: int = 20  # steps between progress updates (each one reads metrics to the host)
+
+  def __post_init__(self):
+    _require(self.learning_rate > 0, f'learning_rate must be > 0, got {self.learning_rate}')
+    _require(self.clip_norm >= 0, f'clip_norm must be >= 0, got {self.clip_norm}')
+    for name in ('batch_size', 'max_epochs', 'log_every'):
+      _require(getattr(self, name) >= 1, f'{name} must be >= 1, got {getattr(self, name)}')
+    _require(self.patience >= 0, f'patience must be >= 0, got {self.patience}')
+    _require(self.min_delta >= 0, f'min_delta must be >= 0, got {self.min_delta}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  seed: int = 0  # seeds the split, the batch order, the initialisation and dropout
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  train: TrainConfig = TrainConfig()
+
+  def flat(self) -> dict[str, Any]:
+    """Every hyperparameter by its name (names are unique across sections; flags use them)."""
+    values = {}
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      values.update(dataclasses.asdict(value) if dataclasses.is_dataclass(value)
+                    else {field.name: value})
+    return values
+
+  @classmethod
+  def from_flat(cls, values: dict[str, Any]) -> 'Config':
+    """The inverse of flat(); names it does not know are an error."""
+    values = dict(values)
+    sections = {}
+    for field in dataclasses.fields(cls):
+      if dataclasses.is_dataclass(field.type):
+        names = [f.name for f in dataclasses.fields(field.type)]
+        sections[field.name] = field.type(**{n: values.pop(n) for n in names if n in values})
+      elif field.name in values:
+        sections[field.name] = values.pop(field.name)
+    if values:
+      raise UserError(f'unknown hyperparameters: {sorted(values)}')
+    return cls(**sections)
+
+  def to_json(self) -> str:
+    return json.dumps(self.flat(), indent=2)
+
+  @classmethod
+  def from_json(cls, text: str) -> 'Config':
+    return cls.from_flat(json.loads(text))

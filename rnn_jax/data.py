@@ -1,0 +1,214 @@
+"""Texts in, windows of token ids out: loading, tokenizing, splitting and batching."""
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+import shutil
+from typing import Iterator
+import urllib.error
+import urllib.request
+
+from absl import logging
+import numpy as np
+
+from rnn_jax import text
+from rnn_jax.configs import Config, DataConfig
+from rnn_jax.errors import UserError
+
+PATENTS_URL = ('https://raw.githubusercontent.com/WillKoehrsen/recurrent-neural-networks/'
+               'master/data/neural_network_patent_query.csv')
+PATENTS_SHA256 = '6e9f9a2e4cf762b457de0b6fcd255412476970cd68c7b2ded763f88ed51e04f6'
+PATENTS_FILE = 'neural_network_patent_query.csv'
+
+
+def data_dir() -> Path:
+  """Where downloaded data lives: $RNN_JAX_DATA_DIR, else ~/.cache/rnn_jax."""
+  return Path(os.environ.get('RNN_JAX_DATA_DIR', '~/.cache/rnn_jax')).expanduser()
+
+
+def patents_path() -> Path:
+  """The walkthrough's patent abstracts, downloaded on first use."""
+  path = data_dir() / PATENTS_FILE
+  if not path.exists():
+    download(PATENTS_URL, path, PATENTS_SHA256)
+  return path
+
+
+def download(url: str, path: Path, sha256: str):
+  """Fetches url to path, which appears only once its checksum is right."""
+  logging.info('Downloading %s to %s', url, path)
+  partial = path.with_name(path.name + '.part')
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(url, timeout=60) as response, open(partial, 'wb') as f:
+      shutil.copyfileobj(response, f)
+  except (OSError, urllib.error.URLError) as e:
+    partial.unlink(missing_ok=True)
+    raise UserError(f'could not download {url} ({e}); put the file at {path} '
+                    'or point RNN_JAX_DATA_DIR at a folder that holds it') from None
+  digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+  if digest != sha256:
+    partial.unlink()
+    raise UserError(f'checksum mismatch for {url}: expected sha256 {sha256}, got {digest}')
+  partial.replace(path)
+
+
+def read_texts(path: str | Path, text_column: str) -> list[str]:
+  """One string per document: a CSV column, a JSON Lines key or a line of a .txt file."""
+  path = Path(path)
+  readers = {'.csv': _read_csv, '.jsonl': _read_jsonl, '.txt': _read_txt}
+  if path.suffix not in readers:
+    raise UserError(f'unknown data format {path.suffix!r} of {path}: use .csv, .jsonl or .txt')
+  if not path.is_file():
+    raise UserError(f'data file not found: {path}')
+  return readers[path.suffix](path, text_column)
+
+
+def _read_csv(path: Path, column: str) -> list[str]:
+  with open(path, newline='', encoding='utf-8') as f:
+    reader = csv.DictReader(f)
+    if column not in (reader.fieldnames or []):
+      raise UserError(f'{path} has no column {column!r}; its columns: {reader.fieldnames}')
+    return [row[column] or '' for row in reader]
+
+
+def _read_jsonl(path: Path, key: str) -> list[str]:
+  texts = []
+  with open(path, encoding='utf-8') as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        texts.append(json.loads(line)[key])
+      except (json.JSONDecodeError, TypeError) as e:
+        raise UserError(f'{path}:{number}: not a JSON object ({e})') from None
+      except KeyError:
+        raise UserError(f'{path}:{number}: no key {key!r}') from None
+  return texts
+
+
+def _read_txt(path: Path, unused_column: str) -> list[str]:
+  with open(path, encoding='utf-8') as f:
+    return [line.strip() for line in f if line.strip()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+  """Windows of `length` tokens, each labelled with the token that follows it.
+
+  The windows are strided views of `tokens`, so 300k of them cost no more memory than the text.
+  """
+  tokens: np.ndarray  # int32[num_tokens]: the kept texts end to end
+  starts: np.ndarray  # int64[num_windows]: where each window begins in `tokens`
+  length: int  # tokens per window
+
+  def __len__(self) -> int:
+    return len(self.starts)
+
+  def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns features: int32[n, length] and labels: int32[n] of the windows at `indices`."""
+    rows = np.lib.stride_tricks.sliding_window_view(self.tokens, self.length + 1)
+    rows = rows[self.starts[indices]]
+    return rows[:, :-1], rows[:, -1]
+
+  @property
+  def labels(self) -> np.ndarray:
+    """int32[num_windows]: the token after each window."""
+    return self.tokens[self.starts + self.length]
+
+  def subset(self, indices: np.ndarray) -> 'Windows':
+    return dataclasses.replace(self, starts=self.starts[indices])
+
+
+def make_windows(sequences: list[list[int]], length: int) -> Windows:
+  """Every window of `length` tokens inside each sequence, in order (no window spans two)."""
+  lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+  counts = np.maximum(lengths - length, 0)
+  offsets = np.cumsum(lengths) - lengths
+  first_window = np.cumsum(counts) - counts
+  position = np.arange(counts.sum()) - np.repeat(first_window, counts)
+  tokens = np.concatenate([np.asarray(s, np.int32) for s in sequences] or [np.zeros(0, np.int32)])
+  return Windows(tokens=tokens, starts=np.repeat(offsets, counts) + position, length=length)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  tokenizer: text.Tokenizer
+  num_texts: int  # documents read
+  num_kept_texts: int  # documents long enough to keep
+  train: Windows
+  valid: Windows
+  test: Windows  # empty when the fractions leave nothing for it
+
+  def summary(self) -> dict[str, int]:
+    return dict(num_words=self.tokenizer.vocab_size, num_texts=self.num_texts,
+                num_kept_texts=self.num_kept_texts,
+                num_windows=len(self.train) + len(self.valid) + len(self.test),
+                num_train=len(self.train), num_valid=len(self.valid), num_test=len(self.test))
+
+
+def load_texts(config: DataConfig) -> list[str]:
+  return read_texts(config.data or patents_path(), config.text_column)
+
+
+def fit_tokenizer(config: DataConfig, texts: list[str]) -> text.Tokenizer:
+  tokenizer = text.Tokenizer(num_words=config.num_words or None, filters=config.filters,
+                             lower=config.lower)
+  tokenizer.fit_on_texts(texts)
+  return tokenizer
+
+
+def prepare(config: Config) -> Dataset:
+  """Reads, cleans and tokenizes the texts, then splits them into window sets."""
+  data_config = config.data
+  texts = [text.format_patent(t) for t in load_texts(data_config)]
+  tokenizer = fit_tokenizer(data_config, texts)
+  min_words = data_config.training_length + data_config.min_extra_words
+  sequences = [s for s in tokenizer.texts_to_sequences(texts) if len(s) > min_words]
+  if not sequences:
+    raise UserError(f'none of the {len(texts)} texts has more than {min_words} words; '
+                    'lower --training_length or --min_extra_words')
+  rng = np.random.default_rng(config.seed)
+  if data_config.split == 'abstracts':
+    train, valid, test = [make_windows([sequences[i] for i in part], data_config.training_length)
+                          for part in _split(len(sequences), data_config, rng)]
+  else:
+    windows = make_windows(sequences, data_config.training_length)
+    train, valid, test = [windows.subset(part)
+                          for part in _split(len(windows), data_config, rng)]
+  if not len(train) or not len(valid):
+    raise UserError(f'{len(sequences)} kept texts are too few to split into train and '
+                    'validation windows; use more data or change the fractions')
+  return Dataset(tokenizer, len(texts), len(sequences), train, valid, test)
+
+
+def _split(num_items: int, config: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
+  """Shuffled indices of items, cut into train, validation and test parts."""
+  order = rng.permutation(num_items)
+  fractions = np.array([config.train_fraction, config.train_fraction + config.valid_fraction])
+  # Floored like the walkthrough's cut; the epsilon keeps 0.7 + 0.3 of n at n.
+  return np.split(order, np.floor(fractions * num_items + 1e-6).astype(int))
+
+
+def batches(windows: Windows, batch_size: int, *, seed: int | None = None,
+            epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Yields (features: int32[batch, length], labels: int32[batch], weights: float32[batch]).
+
+  Every batch has `batch_size` rows, so one compiled step serves them all: the last one is
+  padded with weight-0 rows. With a seed, the order is a permutation drawn from (seed, epoch)
+  alone, so any epoch's batches can be rebuilt after a restart.
+  """
+  if seed is None:
+    order = np.arange(len(windows))
+  else:
+    order = np.random.default_rng((seed, epoch)).permutation(len(windows))
+  for begin in range(0, len(order), batch_size):
+    indices = order[begin:begin + batch_size]
+    weights = np.zeros(batch_size, np.float32)
+    weights[:len(indices)] = 1
+    indices = np.pad(indices, (0, batch_size - len(indices)))
+    features, labels = windows.take(indices)
+    yield features, labels, weights

@@ -1,0 +1,200 @@
+"""Word-level LSTM language models in Flax (linen), parameter-compatible with Keras.
+
+`LSTM` is a Keras-style LSTM layer built on `jax.lax.scan`; `lstm_cell` is its
+recurrent step, exposed so a decoder can feed one token at a time:
+
+  gates_x = x_t @ params['kernel'] + params['bias']
+  c, h = lstm_cell((c, h), gates_x, params['recurrent_kernel'])
+
+`WordLSTM` maps a window of word ids to next-word logits. Its parameter tree is
+
+  params['params']['embed']['embedding']          f32[vocab_size, embedding_dim]
+  params['params']['lstm_{i}']['kernel' | 'recurrent_kernel' | 'bias']
+  params['params']['lstm_{last}_reverse'][...]    (bidirectional only)
+  params['params']['dense']['kernel' | 'bias']
+  params['params']['logits']['kernel' | 'bias']
+
+To start from pre-trained word vectors, replace
+`params['params']['embed']['embedding']` after `init` with a matrix of the
+same shape (row i is the vector of word id i; row 0 is padding).
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.typing import Dtype
+
+from rnn_jax.configs import ModelConfig
+
+Array = jax.Array
+State = tuple[Array, Array]  # (c, h), each f32[batch, units]
+
+
+def unit_forget_bias(key: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Array:
+  """Zeros except ones in the forget-gate block (Keras `unit_forget_bias=True`)."""
+  del key
+  units = shape[-1] // 4
+  return jnp.zeros(shape, dtype).at[..., units:2 * units].set(1.0)
+
+
+def symmetric_uniform(scale: float) -> nn.initializers.Initializer:
+  """U(-scale, scale), Keras' `RandomUniform` default for embeddings."""
+
+  def init(key: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Array:
+    return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+  return init
+
+
+def lstm_cell(carry: State, gates_x: Array, recurrent_kernel: Array,
+              recurrent_mask: Array | None = None) -> State:
+  """One LSTM step with Keras' equations and gate order (i, f, c, o).
+
+  Args:
+    carry: (c, h), each f32[batch, units].
+    gates_x: f32[batch, 4 * units], the input projection x_t @ kernel + bias.
+    recurrent_kernel: f32[units, 4 * units].
+    recurrent_mask: f32[batch, units] scaled dropout mask applied to h, or None.
+
+  Returns:
+    The new (c, h), each f32[batch, units].
+  """
+  c, h = carry
+  if recurrent_mask is not None:
+    h = h * recurrent_mask
+  gates = gates_x + h @ recurrent_kernel
+  i, f, g, o = jnp.split(gates, 4, axis=-1)
+  c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+  h = nn.sigmoid(o) * jnp.tanh(c)
+  return c, h
+
+
+def _dropout_mask(key: Array, rate: float, shape: tuple[int, ...], dtype: Dtype) -> Array:
+  """Inverted-dropout mask: 0 with probability `rate`, else 1 / (1 - rate)."""
+  keep = 1.0 - rate
+  return jax.random.bernoulli(key, keep, shape).astype(dtype) / keep
+
+
+class LSTM(nn.Module):
+  """A Keras-compatible LSTM layer: same parameters, equations, masking and dropout.
+
+  Attributes:
+    units: width of the hidden and cell states.
+    dropout: input dropout rate; one mask per sequence, shared over time.
+    recurrent_dropout: dropout rate on h before the recurrent matmul; one mask
+      per sequence, shared over time.
+    reverse: read time from last to first; outputs stay aligned with inputs.
+    return_sequences: return h at every step instead of only the final h.
+  """
+  units: int
+  dropout: float = 0.0
+  recurrent_dropout: float = 0.0
+  reverse: bool = False
+  return_sequences: bool = False
+
+  def initial_state(self, batch_size: int, dtype: Dtype = jnp.float32) -> State:
+    """Zero (c, h), each [batch_size, units]."""
+    zeros = jnp.zeros((batch_size, self.units), dtype)
+    return zeros, zeros
+
+  @nn.compact
+  def __call__(self, inputs: Array, mask: Array | None = None,
+               initial_state: State | None = None, *,
+               deterministic: bool) -> tuple[State, Array]:
+    """Runs the layer over a batch of sequences.
+
+    Args:
+      inputs: f32[batch, time, features].
+      mask: bool[batch, time]; where False the state (c and h) carries over
+        unchanged and the output repeats the carried h. None reads every step.
+      initial_state: (c, h), each f32[batch, units]; None starts from zeros.
+      deterministic: if True, no dropout (and no 'dropout' rng is needed).
+
+    Returns:
+      ((c, h), outputs): the state after the last step read (position 0 when
+      `reverse`), each f32[batch, units], and outputs f32[batch, time, units]
+      if `return_sequences` else the final h f32[batch, units].
+    """
+    batch, _, features = inputs.shape
+    kernel = self.param('kernel', nn.initializers.glorot_uniform(),
+                        (features, 4 * self.units))
+    recurrent_kernel = self.param('recurrent_kernel', nn.initializers.orthogonal(),
+                                  (self.units, 4 * self.units))
+    bias = self.param('bias', unit_forget_bias, (4 * self.units,))
+
+    recurrent_mask = None
+    if not deterministic and (self.dropout > 0 or self.recurrent_dropout > 0):
+      input_key, recurrent_key = jax.random.split(self.make_rng('dropout'))
+      if self.dropout > 0:
+        input_mask = _dropout_mask(input_key, self.dropout, (batch, features), inputs.dtype)
+        inputs = inputs * input_mask[:, None, :]
+      if self.recurrent_dropout > 0:
+        recurrent_mask = _dropout_mask(recurrent_key, self.recurrent_dropout,
+                                       (batch, self.units), inputs.dtype)
+
+    # One big matmul for every step; scan wants time first.
+    gates_x = jnp.einsum('btf,fg->tbg', inputs, kernel) + bias
+    step_mask = None if mask is None else jnp.swapaxes(mask, 0, 1)[..., None]
+    if initial_state is None:
+      initial_state = self.initial_state(batch, gates_x.dtype)
+
+    def step(carry: State, xs: tuple[Array, Array | None]) -> tuple[State, Array]:
+      gates_t, mask_t = xs
+      new_carry = lstm_cell(carry, gates_t, recurrent_kernel, recurrent_mask)
+      if mask_t is not None:
+        new_carry = tuple(jnp.where(mask_t, new, old) for new, old in zip(new_carry, carry))
+      return new_carry, new_carry[1]
+
+    # scan(reverse=True) reads from the last step but stacks outputs by input position.
+    state, outputs = jax.lax.scan(step, initial_state, (gates_x, step_mask),
+                                  reverse=self.reverse)
+    if self.return_sequences:
+      return state, jnp.swapaxes(outputs, 0, 1)
+    return state, state[1]
+
+
+class WordLSTM(nn.Module):
+  """Embedding -> stacked LSTMs -> relu Dense -> Dropout -> next-word logits.
+
+  Attributes:
+    config: the model hyperparameters (`trainable_embeddings` is the
+      optimizer's business and is ignored here).
+    vocab_size: number of word ids, including 0 (padding).
+  """
+  config: ModelConfig
+  vocab_size: int
+
+  @nn.compact
+  def __call__(self, tokens: Array, *, deterministic: bool) -> Array:
+    """Scores every word as the next one after each window.
+
+    Args:
+      tokens: int32[batch, time] word ids; 0 is padding when `mask_zero`.
+      deterministic: if True, no dropout (and no 'dropout' rng is needed).
+
+    Returns:
+      Logits f32[batch, vocab_size] (no softmax).
+    """
+    cfg = self.config
+    x = nn.Embed(self.vocab_size, cfg.embedding_dim,
+                 embedding_init=symmetric_uniform(0.05), name='embed')(tokens)
+    mask = tokens != 0 if cfg.mask_zero else None
+
+    def lstm(name: str, **kwargs) -> LSTM:
+      return LSTM(cfg.lstm_units, dropout=cfg.dropout,
+                  recurrent_dropout=cfg.recurrent_dropout, name=name, **kwargs)
+
+    last = cfg.lstm_layers - 1
+    for i in range(last):
+      _, x = lstm(f'lstm_{i}', return_sequences=True)(x, mask, deterministic=deterministic)
+    _, h = lstm(f'lstm_{last}')(x, mask, deterministic=deterministic)
+    if cfg.bidirectional:
+      _, h_backward = lstm(f'lstm_{last}_reverse', reverse=True)(
+          x, mask, deterministic=deterministic)
+      h = jnp.concatenate([h, h_backward], axis=-1)
+
+    h = nn.Dense(cfg.dense_units, kernel_init=nn.initializers.glorot_uniform(),
+                 name='dense')(h)
+    h = nn.Dropout(cfg.dense_dropout)(nn.relu(h), deterministic=deterministic)
+    return nn.Dense(self.vocab_size, kernel_init=nn.initializers.glorot_uniform(),
+                    name='logits')(h)

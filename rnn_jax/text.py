@@ -1,0 +1,181 @@
+"""Text clean-up and a word tokenizer with Keras `Tokenizer` semantics.
+
+The walkthrough this project reproduces cleaned patent abstracts with
+`format_patent` and tokenized them with `keras.preprocessing.text.Tokenizer`;
+`Tokenizer` here gives the same ids so that its reference figures still hold.
+"""
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
+
+# Punctuation glued to a non-digit ("word." but not "3.5").
+_PUNCT_AFTER_WORD = re.compile(r'(?<=[^\s0-9])(?=[.,;?])')
+_FIGURE_REFERENCE = re.compile(r'\((\d+)\)')
+_TWO_SPACES = re.compile(r'\s\s')
+_SPACED_PUNCT = re.compile(r'\s+([.,;?])')
+
+
+def format_patent(text: str) -> str:
+  """Cleans an abstract the walkthrough's way.
+
+  Puts a space before `.,;?` glued to a non-digit (so punctuation becomes its
+  own token), drops figure references such as "(12)", then replaces each
+  non-overlapping pair of whitespace characters with one space (which closes
+  the gap a dropped reference leaves).
+  """
+  text = _PUNCT_AFTER_WORD.sub(' ', text)
+  text = _FIGURE_REFERENCE.sub('', text)
+  return _TWO_SPACES.sub(' ', text)
+
+
+def remove_spaces(text: str) -> str:
+  """For display: glues `.,;?` back onto the preceding word."""
+  return _SPACED_PUNCT.sub(r'\1', text)
+
+
+class Tokenizer:
+  """Maps words to integer ids ranked by frequency, as Keras' `Tokenizer`.
+
+  Id 0 is reserved for padding and is never a word. If `oov_token` is set it
+  has id 1 and stands for every word that is unknown or outside `num_words`.
+  Words follow by count, most frequent first, ties in first-seen order.
+
+  Attributes:
+    word_counts: word -> count over every fitted text, in first-seen order.
+    document_count: number of fitted texts.
+    word_index: word -> id, for every fitted word (`num_words` does not trim
+      it; it only limits which ids sequences contain).
+    index_word: id -> word, the inverse of `word_index`.
+  """
+
+  def __init__(self,
+               *,
+               num_words: int | None = None,
+               filters: str = KERAS_FILTERS,
+               lower: bool = True,
+               split: str = ' ',
+               char_level: bool = False,
+               oov_token: str | None = None):
+    """Sets up an empty tokenizer.
+
+    Args:
+      num_words: sequences keep only ids < num_words (so the num_words - 1
+        most frequent entries, the oov token counting as one); None or 0
+        (as in Keras) keep every id.
+      filters: characters turned into `split` before splitting (word level).
+      lower: lower-case texts before tokenizing.
+      split: separator between words.
+      char_level: every character is a token; `filters` are not applied
+        (as in Keras).
+      oov_token: token for unknown words; None drops them instead.
+    """
+    if num_words is not None and num_words < 0:
+      raise ValueError(f'num_words must be >= 0 or None, got {num_words}')
+    self.num_words = num_words or None
+    self.filters = filters
+    self.lower = lower
+    self.split = split
+    self.char_level = char_level
+    self.oov_token = oov_token
+    self._filter_table = str.maketrans({c: split for c in filters})
+    self.word_counts: dict[str, int] = {}
+    self.document_count = 0
+    self.word_index: dict[str, int] = {}
+    self.index_word: dict[int, str] = {}
+
+  def tokenize(self, text: str) -> list[str]:
+    """Splits one text into tokens (Keras' `text_to_word_sequence`)."""
+    if self.lower:
+      text = text.lower()
+    if self.char_level:
+      return list(text)
+    words = text.translate(self._filter_table).split(self.split)
+    return [w for w in words if w]
+
+  def fit_on_texts(self, texts: Iterable[str]):
+    """Adds the texts' words to the counts and re-ranks every word."""
+    for text in texts:
+      self.document_count += 1
+      for word in self.tokenize(text):
+        self.word_counts[word] = self.word_counts.get(word, 0) + 1
+    self._rank()
+
+  def _rank(self):
+    """Builds `word_index` and `index_word` from `word_counts`."""
+    # sorted() is stable also with reverse=True: ties stay in first-seen order.
+    ranked = sorted(self.word_counts, key=self.word_counts.__getitem__,
+                    reverse=True)
+    vocab = [] if self.oov_token is None else [self.oov_token]
+    # An oov token that also occurs as a word keeps id 1 (Keras would move it
+    # to the word's rank and leave id 1 without a word).
+    vocab += [w for w in ranked if w != self.oov_token]
+    self.word_index = {w: i for i, w in enumerate(vocab, start=1)}
+    self.index_word = {i: w for w, i in self.word_index.items()}
+
+  @property
+  def vocab_size(self) -> int:
+    """Number of ids a sequence can hold, padding id 0 included."""
+    size = len(self.word_index) + 1
+    return size if self.num_words is None else min(size, self.num_words)
+
+  def _keeps(self, index: int) -> bool:
+    return self.num_words is None or index < self.num_words
+
+  def texts_to_sequences(self, texts: Iterable[str]) -> list[list[int]]:
+    """Maps each text to its list of ids.
+
+    Unknown words and ids >= num_words become the oov id when `oov_token` is
+    set and are dropped otherwise, so a sequence can be shorter than its text.
+    """
+    oov = self.word_index.get(self.oov_token)
+    sequences = []
+    for text in texts:
+      ids = (self.word_index.get(w) for w in self.tokenize(text))
+      ids = (i if i is not None and self._keeps(i) else oov for i in ids)
+      sequences.append([i for i in ids if i is not None])
+    return sequences
+
+  def sequences_to_texts(self, sequences: Iterable[Sequence[int]]) -> list[str]:
+    """Maps each id sequence back to its tokens joined by single spaces.
+
+    Ids that are unknown or >= num_words become the oov token when it is set
+    and are skipped otherwise. Also in char level tokens are space-joined.
+    """
+    texts = []
+    for sequence in sequences:
+      words = (self.index_word.get(i) if self._keeps(i) else None
+               for i in sequence)
+      words = (self.oov_token if w is None else w for w in words)
+      texts.append(' '.join(w for w in words if w is not None))
+    return texts
+
+  def to_json(self) -> str:
+    """Serializes settings and counts (a JSON object; see `from_json`)."""
+    return json.dumps({
+        'num_words': self.num_words,
+        'filters': self.filters,
+        'lower': self.lower,
+        'split': self.split,
+        'char_level': self.char_level,
+        'oov_token': self.oov_token,
+        'document_count': self.document_count,
+        # Order matters: ties in the ranking follow it.
+        'word_counts': self.word_counts,
+    })
+
+  @classmethod
+  def from_json(cls, text: str) -> 'Tokenizer':
+    """Rebuilds a tokenizer saved by `to_json`, with identical ids."""
+    state: dict[str, Any] = json.loads(text)
+    tokenizer = cls(num_words=state['num_words'], filters=state['filters'],
+                    lower=state['lower'], split=state['split'],
+                    char_level=state['char_level'],
+                    oov_token=state['oov_token'])
+    tokenizer.document_count = state['document_count']
+    tokenizer.word_counts = dict(state['word_counts'])
+    tokenizer._rank()
+    return tokenizer

@@ -1,0 +1,270 @@
+"""Training and evaluation: optax Adam, jitted steps, early stopping, orbax checkpoints."""
+
+import functools
+import json
+import math
+from pathlib import Path
+import sys
+import time
+from typing import Any, Iterable
+
+from absl import logging
+from flax import traverse_util
+from flax.training import train_state
+from flax.training.early_stopping import EarlyStopping
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rnn_jax import checkpoints
+from rnn_jax import data
+from rnn_jax.configs import Config, TrainConfig
+from rnn_jax.errors import UserError
+from rnn_jax.models import WordLSTM
+
+Metrics = dict[str, jax.Array]  # sums over windows, plus their 'count'
+KERAS_ADAM_EPSILON = 1e-7  # the walkthrough's Adam; optax defaults to 1e-8
+
+
+def make_optimizer(config: TrainConfig, trainable_embeddings: bool) -> optax.GradientTransformation:
+  optimizer = optax.adam(config.learning_rate, eps=KERAS_ADAM_EPSILON)
+  if config.clip_norm:
+    optimizer = optax.chain(optax.clip_by_global_norm(config.clip_norm), optimizer)
+  if trainable_embeddings:
+    return optimizer
+  label = lambda path, _: 'frozen' if path[0] == 'embed' else 'trained'
+  return optax.multi_transform(
+      {'trained': optimizer, 'frozen': optax.set_to_zero()},
+      lambda params: traverse_util.path_aware_map(label, params))
+
+
+def create_train_state(config: Config, vocab_size: int,
+                       embedding_matrix: np.ndarray | None = None) -> train_state.TrainState:
+  """A fresh model and optimizer; `embedding_matrix` (float[vocab, dim]) replaces the random one."""
+  model = WordLSTM(config.model, vocab_size)
+  dummy = jnp.zeros((1, config.data.training_length), jnp.int32)
+  params = model.init(jax.random.key(config.seed), dummy, deterministic=True)['params']
+  if embedding_matrix is not None:
+    expected = params['embed']['embedding'].shape
+    if embedding_matrix.shape != expected:
+      raise UserError(f'embedding matrix has shape {embedding_matrix.shape}, expected {expected}')
+    params['embed']['embedding'] = jnp.asarray(embedding_matrix, jnp.float32)
+  tx = make_optimizer(config.train, config.model.trainable_embeddings)
+  return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def batch_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array,
+                  losses: jax.Array) -> Metrics:
+  """Sums over a batch; logits: f32[batch, vocab], labels: int32[batch], weights: f32[batch]."""
+  label_logits = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  rank = jnp.sum(logits > label_logits, axis=-1)  # 0 when the label is the top guess
+  return {'loss': jnp.sum(losses * weights),
+          'accuracy': jnp.sum((rank == 0) * weights),
+          'top5_accuracy': jnp.sum((rank < 5) * weights),
+          'count': jnp.sum(weights)}
+
+
+def train_step(state: train_state.TrainState, batch: tuple[jax.Array, ...],
+               dropout_key: jax.Array) -> tuple[train_state.TrainState, Metrics]:
+  """One Adam step on features: int32[batch, time], labels: int32[batch], weights: f32[batch]."""
+  features, labels, weights = batch
+  step_key = jax.random.fold_in(dropout_key, state.step)
+
+  def loss_fn(params):
+    logits = state.apply_fn({'params': params}, features, deterministic=False,
+                            rngs={'dropout': step_key})
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1), (logits, losses)
+
+  (_, (logits, losses)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  return state.apply_gradients(grads=grads), batch_metrics(logits, labels, weights, losses)
+
+
+def eval_step(state: train_state.TrainState, batch: tuple[jax.Array, ...]) -> Metrics:
+  features, labels, weights = batch
+  logits = state.apply_fn({'params': state.params}, features, deterministic=True)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return batch_metrics(logits, labels, weights, losses)
+
+
+def summarize(sums: dict[str, Any]) -> dict[str, float]:
+  """Means per window from summed metrics (host values)."""
+  count = float(sums['count'])
+  means = {k: float(v) / count for k, v in sums.items() if k != 'count'}
+  means['perplexity'] = math.exp(min(means['loss'], 700.0))
+  return means
+
+
+def evaluate(eval_fn, state, windows: data.Windows, batch_size: int) -> dict[str, float]:
+  """Metrics over every window, summed on the device and read once."""
+  total = None
+  for batch in data.batches(windows, batch_size):
+    metrics = eval_fn(state, batch)
+    total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
+  return summarize(jax.device_get(total))
+
+
+def baselines(train: data.Windows, windows: data.Windows, vocab_size: int) -> dict[str, float]:
+  """The walkthrough's naive guesses, scored on `windows`, knowing only the training labels.
+
+  most_frequent: always the commonest training label ("the"). unigram: a word drawn from the
+  training label frequencies (expected accuracy, and log loss with add-one smoothing).
+  """
+  train_counts = np.bincount(train.labels, minlength=vocab_size)
+  eval_counts = np.bincount(windows.labels, minlength=vocab_size)
+  frequencies = train_counts / train_counts.sum()
+  smoothed = (train_counts + 1) / (train_counts.sum() + vocab_size)
+  return {'most_frequent_accuracy': eval_counts[train_counts.argmax()] / len(windows),
+          'unigram_accuracy': float(eval_counts @ frequencies) / len(windows),
+          'unigram_loss': float(-(eval_counts @ np.log(smoothed)) / len(windows))}
+
+
+class Progress:
+  """A live progress line inside an epoch: steps, windows per second, time left."""
+
+  def __init__(self, epoch: int, num_steps: int, batch_size: int):
+    self.epoch, self.num_steps, self.batch_size = epoch, num_steps, batch_size
+    self.start = time.perf_counter()
+    self.live = sys.stderr.isatty()
+
+  def update(self, step: int, metrics: dict[str, float]):
+    elapsed = time.perf_counter() - self.start
+    rate = step * self.batch_size / max(elapsed, 1e-9)
+    left = elapsed / step * (self.num_steps - step)
+    line = (f'epoch {self.epoch} step {step}/{self.num_steps}  loss {metrics["loss"]:.4f}  '
+            f'accuracy {metrics["accuracy"]:.4f}  {rate:,.0f} windows/s  ETA {left:.0f}s')
+    if self.live:
+      print('\r' + line, end='', file=sys.stderr, flush=True)
+    else:
+      logging.info(line)
+
+  def done(self):
+    if self.live:
+      print('\r\033[K', end='', file=sys.stderr, flush=True)
+
+
+def train_epoch(step_fn, state, windows: data.Windows, config: Config, epoch: int,
+                dropout_key: jax.Array) -> tuple[Any, dict[str, float]]:
+  """Runs one shuffled pass; metrics stay on the device until a log step reads them."""
+  batch_size = config.train.batch_size
+  progress = Progress(epoch, -(-len(windows) // batch_size), batch_size)
+  pending, totals = [], {}
+  batches = data.batches(windows, batch_size, seed=config.seed, epoch=epoch)
+  for step, batch in enumerate(batches, 1):
+    state, metrics = step_fn(state, batch, dropout_key)
+    pending.append(metrics)
+    if step % config.train.log_every == 0 or step == progress.num_steps:
+      _accumulate(totals, jax.device_get(pending), int(state.step) - len(pending))
+      pending = []
+      progress.update(step, summarize(totals))
+  progress.done()
+  return state, summarize(totals)
+
+
+def _accumulate(totals: dict[str, float], steps: list[dict[str, np.ndarray]], first_step: int):
+  """Adds per-step sums to totals; a non-finite loss stops the run, naming its step."""
+  for offset, metrics in enumerate(steps):
+    if not np.isfinite(metrics['loss']):
+      raise UserError(f'the training loss became {metrics["loss"]} at step '
+                      f'{first_step + offset + 1}; lower --learning_rate or set --clip_norm')
+    for name, value in metrics.items():
+      totals[name] = totals.get(name, 0.0) + float(value)
+
+
+def _early_stopping(config: TrainConfig, progress: dict[str, Any]) -> EarlyStopping:
+  # Keras stops after `patience` epochs without improvement; flax's counter stops one later.
+  stopper = EarlyStopping(min_delta=config.min_delta, patience=max(config.patience - 1, 0))
+  if 'best_metric' not in progress:
+    return stopper
+  # Recomputed rather than restored, so a resumed run may be given more patience.
+  count = progress['patience_count']
+  return stopper.replace(best_metric=progress['best_metric'], patience_count=count,
+                         should_stop=count > stopper.patience)
+
+
+def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = False,
+                       overwrite: bool = False) -> dict[str, Any]:
+  """Trains until early stopping, then scores the best checkpoint; returns the final results."""
+  workdir = Path(workdir)
+  config = checkpoints.config_for(workdir, config, resume=resume, overwrite=overwrite)
+  dataset = data.prepare(config)
+  logging.info('Data: %s', json.dumps(dataset.summary()))
+  vocab_size = dataset.tokenizer.vocab_size
+  state = create_train_state(config, vocab_size)
+  if resume and checkpoints.has_run(workdir):
+    _, saved_tokenizer = checkpoints.read_run(workdir)
+    if saved_tokenizer.word_index != dataset.tokenizer.word_index:
+      raise UserError(f'the data changed since the run in {workdir} began (another vocabulary)')
+  else:
+    checkpoints.start_run(workdir, config, dataset.tokenizer)
+  manager = checkpoints.manager(workdir)
+  progress = {'epoch': 0}
+  if manager.latest_step() is not None:
+    state, progress = checkpoints.restore(manager, manager.latest_step(), state)
+    logging.info('Resuming %s after epoch %d', workdir, progress['epoch'])
+  stopper = _early_stopping(config.train, progress)
+  step_fn = jax.jit(train_step, donate_argnums=0)
+  eval_fn = jax.jit(eval_step)
+  dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  try:
+    for epoch in range(progress['epoch'] + 1, config.train.max_epochs + 1):
+      if stopper.should_stop:
+        break
+      start = time.perf_counter()
+      state, train_metrics = train_epoch(step_fn, state, dataset.train, config, epoch, dropout_key)
+      val = evaluate(eval_fn, state, dataset.valid, config.train.batch_size)
+      stopper = stopper.update(val['loss'])
+      record = {'epoch': epoch, 'train_loss': train_metrics['loss'],
+                'train_accuracy': train_metrics['accuracy'], 'val_loss': val['loss'],
+                'val_accuracy': val['accuracy'], 'val_top5_accuracy': val['top5_accuracy'],
+                'seconds': round(time.perf_counter() - start, 2)}
+      progress = {'epoch': epoch, 'best_metric': stopper.best_metric,
+                  'patience_count': stopper.patience_count}
+      checkpoints.save(manager, epoch, state, progress, val['loss'])
+      checkpoints.append_metrics(workdir, record)
+      logging.info('Epoch %d: train loss %.4f accuracy %.4f | val loss %.4f accuracy %.4f '
+                   'top-5 %.4f | %.0fs%s', epoch, train_metrics['loss'],
+                   train_metrics['accuracy'], val['loss'], val['accuracy'],
+                   val['top5_accuracy'], record['seconds'],
+                   ' (best)' if stopper.has_improved else '')
+    manager.wait_until_finished()
+    return final_evaluation(workdir, manager, state, dataset, eval_fn, config)
+  finally:
+    manager.close()
+
+
+def final_evaluation(workdir: Path, manager, state, dataset: data.Dataset, eval_fn,
+                     config: Config) -> dict[str, Any]:
+  """Scores the best checkpoint on validation (and test) beside the naive baselines."""
+  best = manager.best_step()
+  state, _ = checkpoints.restore(manager, best, state)
+  results = {'best_epoch': best}
+  for name, windows in (('valid', dataset.valid), ('test', dataset.test)):
+    if len(windows):
+      results[name] = evaluate(eval_fn, state, windows, config.train.batch_size)
+      results[name]['baselines'] = baselines(dataset.train, windows, dataset.tokenizer.vocab_size)
+  (workdir / checkpoints.RESULTS).write_text(json.dumps(results, indent=2))
+  for name in ('valid', 'test'):
+    if name in results:
+      r, b = results[name], results[name]['baselines']
+      logging.info('Best epoch %d on %s: loss %.4f accuracy %.4f top-5 %.4f | always the most '
+                   'frequent word: accuracy %.4f | unigram sampling: accuracy %.4f loss %.4f',
+                   best, name, r['loss'], r['accuracy'], r['top5_accuracy'],
+                   b['most_frequent_accuracy'], b['unigram_accuracy'], b['unigram_loss'])
+  return results
+
+
+def load(workdir: str | Path, which: str = 'best') -> tuple[Config, Any, WordLSTM, Any]:
+  """Rebuilds (config, tokenizer, model, params) from a work dir alone; which: best|latest."""
+  config, tokenizer = checkpoints.read_run(workdir)
+  manager = checkpoints.manager(workdir)
+  try:
+    step = manager.best_step() if which == 'best' else manager.latest_step()
+    if step is None:
+      raise UserError(f'{workdir} holds no checkpoint yet')
+    target = create_train_state(config, tokenizer.vocab_size)
+    state, _ = checkpoints.restore(manager, step, target)
+  finally:
+    manager.close()
+  return config, tokenizer, WordLSTM(config.model, tokenizer.vocab_size), state.params

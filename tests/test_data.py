@@ -1,0 +1,161 @@
+import hashlib
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rnn_jax import data
+from rnn_jax.configs import Config, DataConfig
+from rnn_jax.errors import UserError
+
+REPO = Path(__file__).parents[1]
+SHARED_DATA = Path(os.environ.get('RNN_JAX_DATA_DIR', REPO.parent / 'shared' / 'data'))
+PATENTS = SHARED_DATA / data.PATENTS_FILE
+
+
+def write_documents(path: Path, num_documents: int, words_per_document: int) -> Path:
+  """One line per document, every word unique to its document (d3w7 ...)."""
+  lines = [' '.join(f'd{d}w{w}' for w in range(words_per_document)) for d in range(num_documents)]
+  path.write_text('\n'.join(lines) + '\n')
+  return path
+
+
+def config_for(path: Path, **data_fields) -> Config:
+  fields = dict(data=str(path), training_length=5, min_extra_words=0) | data_fields
+  return Config(data=DataConfig(**fields))
+
+
+def test_windows_match_the_walkthrough_loop():
+  sequences = [[1, 2, 3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13]]
+  length = 3
+  windows = data.make_windows(sequences, length)
+  expected = [(s[i - length:i], s[i]) for s in sequences for i in range(length, len(s))]
+  features, labels = windows.take(np.arange(len(windows)))
+  assert [(list(f), int(l)) for f, l in zip(features, labels)] == expected
+  np.testing.assert_array_equal(windows.labels, [l for _, l in expected])
+
+
+def test_batches_cover_every_window_once_and_pad_with_zero_weight():
+  windows = data.make_windows([list(range(1, 30))], 4)  # 25 windows
+  batches = list(data.batches(windows, 8, seed=3, epoch=1))
+  assert [f.shape for f, _, _ in batches] == [(8, 4)] * 4
+  weights = np.concatenate([w for _, _, w in batches])
+  assert weights.sum() == 25 and not weights[25:].any()
+  labels = np.concatenate([l for _, l, _ in batches])[weights > 0]
+  assert sorted(labels) == list(range(5, 30))
+
+
+def test_batch_order_depends_only_on_seed_and_epoch():
+  windows = data.make_windows([list(range(1, 100))], 2)
+  order = lambda seed, epoch: np.concatenate(
+      [l for _, l, _ in data.batches(windows, 16, seed=seed, epoch=epoch)])
+  np.testing.assert_array_equal(order(0, 1), order(0, 1))
+  assert not np.array_equal(order(0, 1), order(0, 2))
+  assert not np.array_equal(order(0, 1), order(1, 1))
+
+
+def test_abstract_split_keeps_each_text_in_one_set(tmp_path):
+  path = write_documents(tmp_path / 'docs.txt', 40, 12)
+  dataset = data.prepare(config_for(path, train_fraction=0.5, valid_fraction=0.25))
+  token_sets = [set(part.tokens[part.starts].tolist())
+                for part in (dataset.train, dataset.valid, dataset.test)]
+  assert all(token_sets)
+  assert not token_sets[0] & token_sets[1] and not token_sets[0] & token_sets[2]
+  assert dataset.summary()['num_windows'] == 40 * (12 - 5)
+  assert (len(dataset.train), len(dataset.valid), len(dataset.test)) == (20 * 7, 10 * 7, 10 * 7)
+
+
+def test_window_split_mixes_texts_and_is_seeded(tmp_path):
+  path = write_documents(tmp_path / 'docs.txt', 10, 30)
+  config = config_for(path, split='windows', train_fraction=0.7, valid_fraction=0.3)
+  dataset = data.prepare(config)
+  assert (len(dataset.train), len(dataset.valid), len(dataset.test)) == (175, 75, 0)
+  first_words = lambda windows: {w.split('w')[0] for w in dataset.tokenizer.sequences_to_texts(
+      [windows.tokens[windows.starts].tolist()])[0].split()}
+  assert first_words(dataset.train) & first_words(dataset.valid)  # the walkthrough's leak
+  again = data.prepare(config)
+  np.testing.assert_array_equal(again.valid.starts, dataset.valid.starts)
+
+
+def test_texts_too_short_for_the_window_are_an_error(tmp_path):
+  path = write_documents(tmp_path / 'docs.txt', 5, 10)
+  with pytest.raises(UserError, match='more than 30 words'):
+    data.prepare(config_for(path, training_length=20, min_extra_words=10))
+
+
+def test_reads_csv_with_quotes_commas_and_newlines(tmp_path):
+  path = tmp_path / 'texts.csv'
+  path.write_text('id,body\n1,"a, ""quoted""\nline"\n2,plain\n', encoding='utf-8')
+  assert data.read_texts(path, 'body') == ['a, "quoted"\nline', 'plain']
+  with pytest.raises(UserError, match="no column 'text'.*'id', 'body'"):
+    data.read_texts(path, 'text')
+
+
+def test_reads_jsonl_and_txt(tmp_path):
+  jsonl = tmp_path / 'texts.jsonl'
+  jsonl.write_text(json.dumps({'t': 'first'}) + '\n\n' + json.dumps({'t': 'second'}) + '\n')
+  assert data.read_texts(jsonl, 't') == ['first', 'second']
+  with pytest.raises(UserError, match=r'texts.jsonl:1: no key'):
+    data.read_texts(jsonl, 'text')
+  jsonl.write_text('{"t": "ok"}\nnot json\n')
+  with pytest.raises(UserError, match=r'texts.jsonl:2: not a JSON object'):
+    data.read_texts(jsonl, 't')
+  txt = tmp_path / 'texts.txt'
+  txt.write_text('one doc\n\n  two doc \n')
+  assert data.read_texts(txt, 'ignored') == ['one doc', 'two doc']
+
+
+def test_bad_data_paths_are_errors(tmp_path):
+  with pytest.raises(UserError, match='not found'):
+    data.read_texts(tmp_path / 'missing.csv', 'x')
+  with pytest.raises(UserError, match='unknown data format'):
+    data.read_texts(tmp_path / 'data.parquet', 'x')
+
+
+def test_download_checks_the_checksum(tmp_path):
+  source = tmp_path / 'source.csv'
+  source.write_bytes(b'patent_abstract\nhello\n')
+  digest = hashlib.sha256(source.read_bytes()).hexdigest()
+  target = tmp_path / 'cache' / 'file.csv'
+  with pytest.raises(UserError, match='checksum mismatch'):
+    data.download(source.as_uri(), target, '0' * 64)
+  assert not target.exists() and not list(target.parent.iterdir())
+  data.download(source.as_uri(), target, digest)
+  assert target.read_bytes() == source.read_bytes()
+  with pytest.raises(UserError, match='could not download'):
+    data.download((tmp_path / 'absent').as_uri(), tmp_path / 'other.csv', digest)
+
+
+def test_cached_patents_are_not_downloaded_again(tmp_path, monkeypatch):
+  (tmp_path / data.PATENTS_FILE).write_text('patent_abstract\nx\n')
+  monkeypatch.setenv('RNN_JAX_DATA_DIR', str(tmp_path))
+  monkeypatch.setattr(data, 'download', lambda *args: pytest.fail('downloaded'))
+  assert data.patents_path() == tmp_path / data.PATENTS_FILE
+
+
+@pytest.mark.skipif(not PATENTS.exists(), reason=f'the patent corpus is not at {PATENTS}')
+@pytest.mark.parametrize('flagfile, expected', [
+    ('seed_trainable', dict(num_words=16192, num_kept_texts=3255, num_windows=318563,
+                            num_train=222994, num_valid=95569, num_test=0)),
+    ('seed_pretrained', dict(num_words=13677, num_kept_texts=3259, num_windows=320881,
+                             num_train=224616, num_valid=96265, num_test=0)),
+])
+def test_prepare_prints_the_walkthrough_figures(flagfile, expected):
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.prepare',
+       f'--flagfile=experiments/configs/{flagfile}.flags'],
+      cwd=REPO, env=os.environ | {'RNN_JAX_DATA_DIR': str(SHARED_DATA)},
+      capture_output=True, text=True, check=True)
+  assert json.loads(result.stdout) == dict(num_texts=3522) | expected
+
+
+def test_prepare_reports_bad_input_on_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.prepare', f'--data={tmp_path / "none.csv"}'],
+      cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 2
+  assert result.stderr.strip() == f'error: data file not found: {tmp_path / "none.csv"}'
