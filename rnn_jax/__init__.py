@@ -1,0 +1,1 @@
+"""rnn-jax: recurrent language models in JAX/Flax that learn to write text."""

@@ -190,8 +190,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = Fa
   config = checkpoints.config_for(workdir, config, resume=resume, overwrite=overwrite)
   dataset = data.prepare(config)
   logging.info('Data: %s', json.dumps(dataset.summary()))
-  vocab_size = dataset.tokenizer.vocab_size
-  state = create_train_state(config, vocab_size)
+  if not config.model.trainable_embeddings:
+    logging.warning('Frozen embeddings without pre-trained vectors stay at their random init.')
+  state = create_train_state(config, dataset.tokenizer.vocab_size)
   if resume and checkpoints.has_run(workdir):
     _, saved_tokenizer = checkpoints.read_run(workdir)
     if saved_tokenizer.word_index != dataset.tokenizer.word_index:
@@ -257,6 +258,8 @@ def final_evaluation(workdir: Path, manager, state, dataset: data.Dataset, eval_
 
 def load(workdir: str | Path, which: str = 'best') -> tuple[Config, Any, WordLSTM, Any]:
   """Rebuilds (config, tokenizer, model, params) from a work dir alone; which: best|latest."""
+  if which not in ('best', 'latest'):
+    raise UserError(f"which checkpoint: 'best' or 'latest', not {which!r}")
   config, tokenizer = checkpoints.read_run(workdir)
   manager = checkpoints.manager(workdir)
   try:
