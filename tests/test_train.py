@@ -1,4 +1,3 @@
-import json
 from pathlib import Path
 import subprocess
 import sys
@@ -11,39 +10,12 @@ import pytest
 from rnn_jax import checkpoints
 from rnn_jax import data
 from rnn_jax import train
-from rnn_jax.configs import Config, DataConfig, ModelConfig, TrainConfig
+from rnn_jax.configs import Config, ModelConfig, TrainConfig
 from rnn_jax.errors import UserError
 
+from conftest import CYCLE, read_metrics, tiny_config
+
 REPO = Path(__file__).parents[1]
-CYCLE = 'alpha beta gamma delta epsilon zeta eta theta'.split()
-
-
-@pytest.fixture(scope='module')
-def corpus(tmp_path_factory) -> Path:
-  """Documents that walk a cycle of words from random starts: the next word is learnable."""
-  rng = np.random.default_rng(0)
-  lines = [' '.join(CYCLE[(start + i) % len(CYCLE)] for i in range(30))
-           for start in rng.integers(0, len(CYCLE), size=40)]
-  path = tmp_path_factory.mktemp('corpus') / 'cycle.txt'
-  path.write_text('\n'.join(lines))
-  return path
-
-
-def tiny_config(corpus: Path, **train_fields) -> Config:
-  return Config(
-      data=DataConfig(data=str(corpus), training_length=4, min_extra_words=0),
-      model=ModelConfig(embedding_dim=8, lstm_units=8, dense_units=16, dense_dropout=0.1),
-      train=TrainConfig(**dict(batch_size=64, max_epochs=3, learning_rate=0.01) | train_fields))
-
-
-def read_metrics(workdir: Path) -> list[dict]:
-  return [json.loads(line) for line in (workdir / checkpoints.METRICS).read_text().splitlines()]
-
-
-@pytest.fixture(scope='module')
-def trained(corpus, tmp_path_factory) -> tuple[Path, dict]:
-  workdir = tmp_path_factory.mktemp('run')
-  return workdir, train.train_and_evaluate(tiny_config(corpus), workdir)
 
 
 def test_loss_falls_and_metrics_are_logged(trained):
@@ -87,13 +59,13 @@ def test_a_run_in_the_workdir_is_never_silently_replaced(corpus, trained):
   workdir, _ = trained
   other = tiny_config(corpus, learning_rate=0.5)
   with pytest.raises(UserError, match=r'already holds a run of another configuration '
-                                      r'\(learning_rate: 0.01 -> 0.5\)'):
+                                      r'\(learning_rate: 0.03 -> 0.5\)'):
     checkpoints.config_for(workdir, other, resume=False, overwrite=False)
   with pytest.raises(UserError, match='exclude each other'):
     checkpoints.config_for(workdir, other, resume=True, overwrite=True)
   resumed = checkpoints.config_for(workdir, tiny_config(corpus, learning_rate=0.5, max_epochs=9),
                                    resume=True, overwrite=False)
-  assert (resumed.train.learning_rate, resumed.train.max_epochs) == (0.01, 9)
+  assert (resumed.train.learning_rate, resumed.train.max_epochs) == (0.03, 9)
   assert checkpoints.config_for(workdir, other, resume=False, overwrite=True) == other
 
 

@@ -1,0 +1,43 @@
+"""A tiny learnable corpus and one short training run, shared by the tests."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnn_jax import checkpoints
+from rnn_jax import train
+from rnn_jax.configs import Config, DataConfig, ModelConfig, TrainConfig
+
+CYCLE = 'alpha beta gamma delta epsilon zeta eta theta'.split()
+
+
+@pytest.fixture(scope='session')
+def corpus(tmp_path_factory) -> Path:
+  """Documents that walk a cycle of words from random starts: the next word is learnable."""
+  rng = np.random.default_rng(0)
+  lines = [' '.join(CYCLE[(start + i) % len(CYCLE)] for i in range(30))
+           for start in rng.integers(0, len(CYCLE), size=40)]
+  path = tmp_path_factory.mktemp('corpus') / 'cycle.txt'
+  path.write_text('\n'.join(lines))
+  return path
+
+
+def tiny_config(corpus: Path, **train_fields) -> Config:
+  return Config(
+      data=DataConfig(data=str(corpus), training_length=4, min_extra_words=0),
+      model=ModelConfig(embedding_dim=8, lstm_units=8, dense_units=16, dense_dropout=0.1),
+      train=TrainConfig(**dict(batch_size=64, max_epochs=3, learning_rate=0.03) | train_fields))
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+  return [json.loads(line) for line in (workdir / checkpoints.METRICS).read_text().splitlines()]
+
+
+@pytest.fixture(scope='session')
+def trained(corpus, tmp_path_factory) -> tuple[Path, dict]:
+  workdir = tmp_path_factory.mktemp('run')
+  return workdir, train.train_and_evaluate(tiny_config(corpus), workdir)
+
+
