@@ -18,9 +18,11 @@ flags.DEFINE_string('workdir', None, 'Where the config, checkpoints and metrics 
                     required=True)
 flags.DEFINE_bool('resume', False, 'Continue the run in --workdir from its latest checkpoint.')
 flags.DEFINE_bool('overwrite', False, 'Replace a run already in --workdir.')
-flags.DEFINE_integer('samples', 0, 'Passages to generate from the best checkpoint at the end.')
-flags.DEFINE_integer('sample_words', 30, 'Words per generated passage.')
+flags.DEFINE_integer('samples', 0, 'Passages to generate from the best checkpoint at the end.',
+                     lower_bound=0)
+flags.DEFINE_integer('sample_words', 30, 'Words per generated passage.', lower_bound=1)
 flags.DEFINE_float('temperature', 0.75, "Sampling temperature (the walkthrough's diversity).")
+flags.register_validator('temperature', lambda t: t > 0, '--temperature must be > 0')
 FLAGS = flags.FLAGS
 
 

@@ -116,3 +116,11 @@ def start_run(workdir: str | Path, config: Config, tokenizer: Tokenizer):
 def append_metrics(workdir: str | Path, record: dict[str, Any]):
   with open(Path(workdir) / METRICS, 'a') as f:
     f.write(json.dumps(record) + '\n')
+
+
+def truncate_metrics(workdir: str | Path, last_epoch: int):
+  """Drops the metrics of epochs after last_epoch."""
+  path = Path(workdir) / METRICS
+  if path.exists():
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(''.join(l for l in lines if json.loads(l)['epoch'] <= last_epoch))

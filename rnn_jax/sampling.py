@@ -32,7 +32,8 @@ def random_passages(windows: data.Windows, tokenizer: text.Tokenizer, model,
                     seed: int) -> list[tuple[str, str]]:
   """(seed text, generated text) for `count` random windows, shown as the walkthrough did."""
   rng = np.random.default_rng(seed)
-  prompts, _ = windows.take(rng.choice(len(windows), size=count, replace=False))
+  prompts, _ = windows.take(rng.choice(len(windows), size=min(count, len(windows)),
+                                       replace=False))
   tokens = generate(model, params, jnp.asarray(prompts), jax.random.key(seed), num_words,
                     temperature)
   show = lambda seqs: [text.remove_spaces(t) for t in tokenizer.sequences_to_texts(seqs)]

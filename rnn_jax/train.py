@@ -1,12 +1,11 @@
 """Training and evaluation: optax Adam, jitted steps, early stopping, orbax checkpoints."""
 
-import functools
 import json
 import math
 from pathlib import Path
 import sys
 import time
-from typing import Any, Iterable
+from typing import Any
 
 from absl import logging
 from flax import traverse_util
@@ -183,15 +182,8 @@ def _early_stopping(config: TrainConfig, progress: dict[str, Any]) -> EarlyStopp
                          should_stop=count > stopper.patience)
 
 
-def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = False,
-                       overwrite: bool = False) -> dict[str, Any]:
-  """Trains until early stopping, then scores the best checkpoint; returns the final results."""
-  workdir = Path(workdir)
-  config = checkpoints.config_for(workdir, config, resume=resume, overwrite=overwrite)
-  dataset = data.prepare(config)
-  logging.info('Data: %s', json.dumps(dataset.summary()))
-  if not config.model.trainable_embeddings:
-    logging.warning('Frozen embeddings without pre-trained vectors stay at their random init.')
+def _start_or_resume(workdir: Path, config: Config, dataset: data.Dataset, resume: bool):
+  """(state, progress, checkpoint manager) to go on from: the latest checkpoint's, or fresh."""
   state = create_train_state(config, dataset.tokenizer.vocab_size)
   if resume and checkpoints.has_run(workdir):
     _, saved_tokenizer = checkpoints.read_run(workdir)
@@ -204,6 +196,21 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = Fa
   if manager.latest_step() is not None:
     state, progress = checkpoints.restore(manager, manager.latest_step(), state)
     logging.info('Resuming %s after epoch %d', workdir, progress['epoch'])
+  # Epochs after the checkpoint (a crash before its save finished) will run again.
+  checkpoints.truncate_metrics(workdir, progress['epoch'])
+  return state, progress, manager
+
+
+def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = False,
+                       overwrite: bool = False) -> dict[str, Any]:
+  """Trains until early stopping, then scores the best checkpoint; returns the final results."""
+  workdir = Path(workdir)
+  config = checkpoints.config_for(workdir, config, resume=resume, overwrite=overwrite)
+  dataset = data.prepare(config)
+  logging.info('Data: %s', json.dumps(dataset.summary()))
+  if not config.model.trainable_embeddings:
+    logging.warning('Frozen embeddings without pre-trained vectors stay at their random init.')
+  state, progress, manager = _start_or_resume(workdir, config, dataset, resume)
   stopper = _early_stopping(config.train, progress)
   step_fn = jax.jit(train_step, donate_argnums=0)
   eval_fn = jax.jit(eval_step)

@@ -47,6 +47,9 @@ def test_best_checkpoint_restores_to_the_same_predictions(trained):
 def test_resume_continues_exactly_where_the_run_stopped(corpus, trained, tmp_path):
   workdir, _ = trained
   train.train_and_evaluate(tiny_config(corpus, max_epochs=1), tmp_path)
+  # As if the run died after logging epoch 2 but before its checkpoint was written.
+  with open(tmp_path / checkpoints.METRICS, 'a') as f:
+    f.write('{"epoch": 2, "train_loss": 0.0, "val_loss": 0.0}\n')
   train.train_and_evaluate(tiny_config(corpus, max_epochs=3), tmp_path, resume=True)
   resumed, straight = read_metrics(tmp_path), read_metrics(workdir)
   assert [m['epoch'] for m in resumed] == [1, 2, 3]
