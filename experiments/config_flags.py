@@ -38,6 +38,7 @@ def define_config_flags():
     default = field.default
     if field.name in ESCAPED:
       default = default.encode('unicode_escape').decode('ascii')
+      comment += r' (with Python escapes: \t, \n, \\)'
     _DEFINE[field.type](field.name, default, comment)
 
 

@@ -5,10 +5,13 @@
 
 import json
 
+from absl import flags
+
 from experiments import config_flags
 from rnn_jax import data
 
 config_flags.define_config_flags()
+flags.adopt_module_key_flags(config_flags)
 
 
 def main(argv):
