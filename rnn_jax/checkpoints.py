@@ -43,16 +43,17 @@ def manager(workdir: str | Path) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options)
 
 
-def save(checkpoints: ocp.CheckpointManager, epoch: int, state: Any, progress: dict[str, Any],
-         val_loss: float):
+def save(checkpoint_manager: ocp.CheckpointManager, epoch: int, state: Any,
+         progress: dict[str, Any], val_loss: float):
   """Saves in the background: the next epoch trains while this one is written."""
-  checkpoints.save(epoch, metrics={'val_loss': val_loss}, args=ocp.args.Composite(
+  checkpoint_manager.save(epoch, metrics={'val_loss': val_loss}, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
 
 
-def restore(checkpoints: ocp.CheckpointManager, epoch: int, target: Any) -> tuple[Any, dict]:
+def restore(checkpoint_manager: ocp.CheckpointManager, epoch: int,
+            target: Any) -> tuple[Any, dict]:
   """Returns the (state, progress) saved after `epoch`; `target` gives the state's structure."""
-  restored = checkpoints.restore(epoch, args=ocp.args.Composite(
+  restored = checkpoint_manager.restore(epoch, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()))
   return restored.state, restored.progress
 
