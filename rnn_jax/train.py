@@ -249,17 +249,17 @@ def final_evaluation(workdir: Path, manager, state, dataset: data.Dataset, eval_
   state, _ = checkpoints.restore(manager, best, state)
   results = {'best_epoch': best}
   for name, windows in (('valid', dataset.valid), ('test', dataset.test)):
-    if len(windows):
-      results[name] = evaluate(eval_fn, state, windows, config.train.batch_size)
-      results[name]['baselines'] = baselines(dataset.train, windows, dataset.tokenizer.vocab_size)
+    if not len(windows):
+      continue
+    scores = evaluate(eval_fn, state, windows, config.train.batch_size)
+    naive = baselines(dataset.train, windows, dataset.tokenizer.vocab_size)
+    results[name] = scores | {'baselines': naive}
+    logging.info('Best epoch %d on %s: loss %.4f accuracy %.4f top-5 %.4f | always the most '
+                 'frequent word: accuracy %.4f | unigram sampling: accuracy %.4f loss %.4f',
+                 best, name, scores['loss'], scores['accuracy'], scores['top5_accuracy'],
+                 naive['most_frequent_accuracy'], naive['unigram_accuracy'],
+                 naive['unigram_loss'])
   (workdir / checkpoints.RESULTS).write_text(json.dumps(results, indent=2))
-  for name in ('valid', 'test'):
-    if name in results:
-      r, b = results[name], results[name]['baselines']
-      logging.info('Best epoch %d on %s: loss %.4f accuracy %.4f top-5 %.4f | always the most '
-                   'frequent word: accuracy %.4f | unigram sampling: accuracy %.4f loss %.4f',
-                   best, name, r['loss'], r['accuracy'], r['top5_accuracy'],
-                   b['most_frequent_accuracy'], b['unigram_accuracy'], b['unigram_loss'])
   return results
 
 
