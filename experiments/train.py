@@ -6,10 +6,12 @@
 from absl import flags
 from absl import logging
 import jax
+import numpy as np
 
 from experiments import config_flags
 from rnn_jax import data
 from rnn_jax import sampling
+from rnn_jax import seeds
 from rnn_jax import train
 
 config_flags.define_config_flags()
@@ -37,12 +39,14 @@ def main(argv):
 
 def print_samples():
   config, tokenizer, model, params = train.load(FLAGS.workdir)
-  valid = data.prepare(config).valid
-  for prompt, generated in sampling.random_passages(
-      valid, tokenizer, model, params, FLAGS.samples, FLAGS.sample_words,
-      FLAGS.temperature, config.seed):
-    print(f'\n{prompt}\n  -> {generated}')
-
+  passages = seeds.random_passages(data.prepare(config).valid_texts, config.data.training_length,
+                                   FLAGS.samples, FLAGS.sample_words,
+                                   np.random.default_rng(config.seed))
+  generated = sampling.continue_seeds(model, params, passages, config.data.training_length,
+                                      jax.random.key(config.seed), FLAGS.sample_words,
+                                      FLAGS.temperature)
+  for passage, tokens in zip(passages, np.asarray(generated.tokens)):
+    print(f'\n{seeds.show(tokenizer, passage.tokens)}\n  -> {seeds.show(tokenizer, tokens)}')
 
 if __name__ == '__main__':
   config_flags.run(main)

@@ -142,6 +142,7 @@ class Dataset:
   train: Windows
   valid: Windows
   test: Windows  # empty when the fractions leave nothing for it
+  valid_texts: list[list[int]]  # token ids of the validation texts (every kept text for 'windows')
 
   def summary(self) -> dict[str, int]:
     return dict(num_words=self.tokenizer.vocab_size, num_texts=self.num_texts,
@@ -173,16 +174,18 @@ def prepare(config: Config) -> Dataset:
                     'lower --training_length or --min_extra_words')
   rng = np.random.default_rng(config.seed)
   if data_config.split == 'abstracts':
-    train, valid, test = [make_windows([sequences[i] for i in part], data_config.training_length)
-                          for part in _split(len(sequences), data_config, rng)]
+    parts = [[sequences[i] for i in part] for part in _split(len(sequences), data_config, rng)]
+    train, valid, test = [make_windows(part, data_config.training_length) for part in parts]
+    valid_texts = parts[1]
   else:
     windows = make_windows(sequences, data_config.training_length)
     train, valid, test = [windows.subset(part)
                           for part in _split(len(windows), data_config, rng)]
+    valid_texts = sequences
   if not len(train) or not len(valid):
     raise UserError(f'{len(sequences)} kept texts are too few to split into train and '
                     'validation windows; use more data or change the fractions')
-  return Dataset(tokenizer, len(texts), len(sequences), train, valid, test)
+  return Dataset(tokenizer, len(texts), len(sequences), train, valid, test, valid_texts)
 
 
 def _split(num_items: int, config: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:

@@ -6,7 +6,9 @@ recurrent step, exposed so a decoder can feed one token at a time:
   gates_x = x_t @ params['kernel'] + params['bias']
   c, h = lstm_cell((c, h), gates_x, params['recurrent_kernel'])
 
-`WordLSTM` maps a window of word ids to next-word logits. Its parameter tree is
+`WordLSTM` maps a window of word ids to next-word logits; `advance` and
+`readout` run the same (unidirectional) model one token at a time, carrying
+every layer's state, for stateful decoding. Its parameter tree is
 
   params['params']['embed']['embedding']          f32[vocab_size, embedding_dim]
   params['params']['lstm_{i}']['kernel' | 'recurrent_kernel' | 'bias']
@@ -28,6 +30,7 @@ from rnn_jax.configs import ModelConfig
 
 Array = jax.Array
 State = tuple[Array, Array]  # (c, h), each f32[batch, units]
+Stack = tuple[State, ...]  # one State per LSTM layer, first layer first
 
 
 def unit_forget_bias(key: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Array:
@@ -198,3 +201,39 @@ class WordLSTM(nn.Module):
     h = nn.Dropout(cfg.dense_dropout)(nn.relu(h), deterministic=deterministic)
     return nn.Dense(self.vocab_size, kernel_init=nn.initializers.glorot_uniform(),
                     name='logits')(h)
+
+
+def initial_stack(config: ModelConfig, batch_shape: tuple[int, ...] = ()) -> Stack:
+  """Zero states for every layer, each f32[*batch_shape, lstm_units]."""
+  zeros = jnp.zeros((*batch_shape, config.lstm_units), jnp.float32)
+  return tuple((zeros, zeros) for _ in range(config.lstm_layers))
+
+
+def advance(params, config: ModelConfig, stack: Stack, tokens: Array) -> Stack:
+  """Feeds one token per sequence through every LSTM layer (inference: no dropout).
+
+  Args:
+    params: WordLSTM parameters of a unidirectional model.
+    stack: the states before the token, each f32[*batch, lstm_units].
+    tokens: int32[*batch]; where a token is 0 (padding) the state carries over unchanged, so
+      left-padded seeds of different lengths can be read in one batch.
+
+  Returns:
+    The states after the token.
+  """
+  x = params['embed']['embedding'][tokens]
+  new_stack = []
+  for i, state in enumerate(stack):
+    layer = params[f'lstm_{i}']
+    state = lstm_cell(state, x @ layer['kernel'] + layer['bias'], layer['recurrent_kernel'])
+    new_stack.append(state)
+    x = state[1]
+  read = (tokens != 0)[..., None]
+  return tuple(tuple(jnp.where(read, new, old) for new, old in zip(new_state, old_state))
+               for new_state, old_state in zip(new_stack, stack))
+
+
+def readout(params, h: Array) -> Array:
+  """Next-word logits f32[*batch, vocab] from the last layer's h: f32[*batch, lstm_units]."""
+  dense, logits = params['dense'], params['logits']
+  return nn.relu(h @ dense['kernel'] + dense['bias']) @ logits['kernel'] + logits['bias']

@@ -1,40 +1,299 @@
-"""Text generation: the walkthrough's sliding window with temperature ("diversity") sampling."""
+"""Text generation from a WordLSTM: one compiled program continues a whole batch of seeds.
 
+The step is written for one sequence and batched with `jax.vmap`; the loop over new words is a
+`lax.scan`. The context is read in one of two ways:
+
+  window    the walkthrough's: before every word the model re-reads the last `training_length`
+            tokens (shorter seeds are left-padded with 0, as Keras `pad_sequences`). The work
+            per word grows with the window, and nothing before the window is remembered.
+  stateful  the seed is read once, then each new word advances every LSTM layer by one step:
+            constant work per word, and the context grows beyond the window. The model was
+            trained on windows from a zero state, so context far beyond `training_length` is
+            territory it has not seen. Bidirectional models read whole windows: window only.
+
+Decoding: temperature (the walkthrough's "diversity", logits / T; T = 0 is greedy), top-k,
+top-p (nucleus), or beam search. Padding (id 0) is never a word, so it is never generated.
+"""
+
+import dataclasses
 import functools
+import math
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import data
-from rnn_jax import text
+from rnn_jax import models
+from rnn_jax import seeds
+from rnn_jax.errors import UserError
+
+MODES = ('window', 'stateful')
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'num_words'))
-def generate(model, params, prompt: jax.Array, key: jax.Array, num_words: int,
-             temperature: float | jax.Array = 1.0) -> jax.Array:
-  """Samples num_words tokens after each prompt; prompt: int32[batch, time] -> int32[batch, num_words].
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+  """How each next word is chosen; one compiled program per distinct setting."""
+  mode: str = 'window'  # 'window' re-reads the whole window per word; 'stateful' carries state
+  top_k: int = 0  # draw among the k likeliest words; 0 = among all
+  top_p: float = 1.0  # draw among the fewest likeliest words holding this much probability
+  beam_width: int = 1  # > 1: beam search for the likeliest continuation (nothing is drawn)
 
-  Each step reads the last `time` tokens and draws from softmax(logits / temperature), the
-  walkthrough's exp(log(p) / diversity) renormalised.
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise UserError(f'mode must be one of {MODES}, got {self.mode!r}')
+    if self.top_k < 0:
+      raise UserError(f'top_k must be >= 0, got {self.top_k}')
+    if not 0 < self.top_p <= 1:
+      raise UserError(f'top_p must be in (0, 1], got {self.top_p}')
+    if self.beam_width < 1:
+      raise UserError(f'beam_width must be >= 1, got {self.beam_width}')
+    if self.beam_width > 1 and (self.top_k or self.top_p < 1):
+      raise UserError('beam search draws nothing: top_k and top_p do not apply to it')
+
+
+class Generated(NamedTuple):
+  tokens: jax.Array  # int32[batch, num_words]
+  log_probs: jax.Array  # f32[batch, num_words]: the model's log-probability of each token (T = 1)
+
+
+def generate(model: models.WordLSTM, params: Any, prompts: np.ndarray | jax.Array,
+             key: jax.Array, num_words: int, temperature: float | np.ndarray = 1.0,
+             decoding: Decoding = Decoding()) -> Generated:
+  """Continues each prompt (seed token sequence) by `num_words` tokens.
+
+  Args:
+    model: the WordLSTM the params belong to.
+    params: its parameters (`params['embed']`, ...).
+    prompts: int32[batch, time], left-padded with 0 (`seeds.pad`). Window mode slides a
+      window of `time` tokens: pad to `training_length` for the walkthrough's semantics.
+      Stateful mode reads every token, skipping the padding.
+    key: a key for the call, split into one per sequence, or keys[batch], one per sequence;
+      the same keys give the same text, whatever else shares the batch.
+    num_words: tokens to generate per prompt.
+    temperature: a float, or f32[batch] to give each sequence its own; 0 is greedy. Beam
+      search ignores it.
+    decoding: mode, top-k, top-p and beam width.
+
+  Returns:
+    The generated tokens and their log-probabilities under the model.
   """
-  def step(window, step_key):
-    logits = model.apply({'params': params}, window, deterministic=True)
-    token = jax.random.categorical(step_key, logits / temperature).astype(window.dtype)
-    return jnp.concatenate([window[:, 1:], token[:, None]], axis=1), token
+  prompts = jnp.asarray(prompts, jnp.int32)
+  if prompts.ndim != 2 or not prompts.shape[0] or not prompts.shape[1]:
+    raise UserError(f'prompts must be int32[batch, time], batch and time >= 1, '
+                    f'got shape {prompts.shape}')
+  if num_words < 1:
+    raise UserError(f'num_words must be >= 1, got {num_words}')
+  if decoding.mode == 'stateful' and model.config.bidirectional:
+    raise UserError('a bidirectional model reads whole windows: use mode=window')
+  if decoding.top_k > model.vocab_size:
+    raise UserError(f'top_k must be at most the vocabulary size {model.vocab_size}, '
+                    f'got {decoding.top_k}')
+  if decoding.beam_width >= model.vocab_size:
+    raise UserError(f'beam_width must be below the vocabulary size {model.vocab_size}')
+  keys = _sequence_keys(key, prompts.shape[0])
+  temperature = np.broadcast_to(np.asarray(temperature, np.float32), prompts.shape[:1])
+  if not np.all(np.isfinite(temperature) & (temperature >= 0)):
+    raise UserError('temperature must be finite and >= 0')
+  return _generate(model, params, prompts, keys, jnp.asarray(temperature), num_words=num_words,
+                   decoding=decoding)
 
-  _, tokens = jax.lax.scan(step, prompt, jax.random.split(key, num_words))
-  return tokens.T
+
+def _sequence_keys(key: jax.Array, batch: int) -> jax.Array:
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)  # a legacy uint32 key
+  if key.shape == ():
+    return jax.random.split(key, batch)
+  if key.shape != (batch,):
+    raise UserError(f'key must be one key or one per sequence ({batch}), got shape {key.shape}')
+  return key
 
 
-def random_passages(windows: data.Windows, tokenizer: text.Tokenizer, model,
-                    params, count: int, num_words: int, temperature: float,
-                    seed: int) -> list[tuple[str, str]]:
-  """(seed text, generated text) for `count` random windows, shown as the walkthrough did."""
-  rng = np.random.default_rng(seed)
-  prompts, _ = windows.take(rng.choice(len(windows), size=min(count, len(windows)),
-                                       replace=False))
-  tokens = generate(model, params, jnp.asarray(prompts), jax.random.key(seed), num_words,
-                    temperature)
-  show = lambda seqs: [text.remove_spaces(t) for t in tokenizer.sequences_to_texts(seqs)]
-  return list(zip(show(prompts.tolist()), show(np.asarray(tokens).tolist())))
+@functools.partial(jax.jit, static_argnames=('model', 'num_words', 'decoding'))
+def _generate(model, params, prompts, keys, temperature, *, num_words, decoding) -> Generated:
+  # A bias of -inf keeps padding (id 0), which is never a word, out of every draw and beam.
+  params = {**params, 'logits': {**params['logits'],
+                                 'bias': params['logits']['bias'].at[0].set(-jnp.inf)}}
+  reader = _READERS[decoding.mode](model, params)
+  if decoding.beam_width > 1:
+    beam = functools.partial(_beam_search, reader, num_words=num_words, width=decoding.beam_width)
+    return jax.vmap(beam)(prompts)
+  sample = functools.partial(_sample, reader, num_words=num_words, decoding=decoding)
+  return jax.vmap(sample)(prompts, keys, temperature)
+
+
+class _Reader(NamedTuple):
+  """How one sequence's context is read; a context is whatever the mode carries."""
+  start: Callable[[jax.Array], Any]  # seed int32[time] -> context
+  logits: Callable[[Any], jax.Array]  # context -> f32[vocab]
+  advance: Callable[[Any, jax.Array], Any]  # (context, token int32[]) -> context
+
+
+def _window_reader(model, params) -> _Reader:
+  def logits(window):
+    return model.apply({'params': params}, window[None], deterministic=True)[0]
+
+  def advance(window, token):
+    return jnp.append(window[1:], token)
+
+  return _Reader(lambda seed: seed, logits, advance)
+
+
+def _stateful_reader(model, params) -> _Reader:
+  config = model.config
+
+  def advance(stack, token):
+    return models.advance(params, config, stack, token)
+
+  def start(seed):
+    stack, _ = jax.lax.scan(lambda s, t: (advance(s, t), None), models.initial_stack(config), seed)
+    return stack
+
+  def logits(stack):
+    return models.readout(params, stack[-1][1])
+
+  return _Reader(start, logits, advance)
+
+
+_READERS = {'window': _window_reader, 'stateful': _stateful_reader}
+
+
+def _sample(reader: _Reader, seed, key, temperature, *, num_words: int,
+            decoding: Decoding) -> Generated:
+  def step(context, step_key):
+    logits = reader.logits(context)
+    token = draw(logits, temperature, step_key, top_k=decoding.top_k, top_p=decoding.top_p)
+    log_prob = logits[token] - jax.nn.logsumexp(logits)
+    return reader.advance(context, token), (token, log_prob)
+
+  _, (tokens, log_probs) = jax.lax.scan(step, reader.start(seed),
+                                        jax.random.split(key, num_words))
+  return Generated(tokens, log_probs)
+
+
+def draw(logits: jax.Array, temperature: jax.Array, key: jax.Array, *, top_k: int = 0,
+         top_p: float = 1.0) -> jax.Array:
+  """One token from softmax(logits / temperature), truncated to top-k and then top-p.
+
+  Args:
+    logits: f32[vocab]; -inf for tokens that must not be drawn.
+    temperature: f32[]; 0 draws among the highest logits only (greedy).
+    key: the draw's PRNG key.
+    top_k: keep the k highest logits (0 keeps all).
+    top_p: keep the fewest highest logits whose probability (after temperature) reaches top_p;
+      logits tied with the last one kept are kept too.
+
+  Returns:
+    int32[] token id.
+  """
+  greedy = temperature == 0
+  # XLA's argmax is a slow variadic reduce on CPU; greedy is a draw among the maxima instead.
+  scaled = jnp.where(greedy, jnp.where(logits == jnp.max(logits), 0.0, -jnp.inf),
+                     logits / jnp.where(greedy, 1.0, temperature))
+  candidates = None
+  if top_k:
+    scaled, candidates = jax.lax.top_k(scaled, top_k)
+  if top_p < 1:
+    scaled = _nucleus(scaled, top_p)
+  choice = _inverse_cdf(scaled, key)
+  return (choice if candidates is None else candidates[choice]).astype(jnp.int32)
+
+
+def _nucleus(scores: jax.Array, top_p: float) -> jax.Array:
+  """-inf outside the fewest highest scores whose softmax mass reaches top_p.
+
+  A full sort of 16k scores per row costs seconds per step on a CPU. Instead a bisection over
+  the bit patterns of non-negative floats (ordered as the floats) finds the smallest gap below
+  the top score that holds the mass: 31 passes over the scores, exact.
+  """
+  gap = jnp.max(scores) - scores
+  weights = jnp.exp(-gap)
+  needed = top_p * jnp.sum(weights)
+
+  def halve(_, bounds):
+    low, high = bounds  # the answer lies in (low, high]
+    middle = (low + high) // 2
+    holds = jnp.sum(jnp.where(gap <= _float(middle), weights, 0.0)) >= needed
+    return jnp.where(holds, low, middle), jnp.where(holds, middle, high)
+
+  infinity = jax.lax.bitcast_convert_type(jnp.float32(jnp.inf), jnp.int32)
+  _, high = jax.lax.fori_loop(0, 31, halve, (jnp.int32(-1), infinity))
+  return jnp.where(gap <= _float(high), scores, -jnp.inf)
+
+
+def _float(bits: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _inverse_cdf(scores: jax.Array, key: jax.Array) -> jax.Array:
+  """An index drawn with probability softmax(scores), from two uniforms: exact and cheap.
+
+  `jax.random.categorical` draws one Gumbel number per word, several times the cost of the
+  output layer's matmul at vocabulary 16k. Here the scores fall into blocks of about sqrt(n):
+  one uniform picks a block by its probability mass, a second a word inside it.
+  """
+  n = scores.shape[-1]
+  size = 2 ** math.ceil(math.log2(math.sqrt(n)))
+  top = jnp.max(scores)
+  # reduce_window keeps exp fused into the sums; a reshape-and-sum runs 6x slower on CPU.
+  block_mass = jax.lax.reduce_window(jnp.exp(scores - top), 0.0, jax.lax.add, (size,), (size,),
+                                     padding=((0, -n % size),))
+  block_key, word_key = jax.random.split(key)
+  block = _search(block_mass, jax.random.uniform(block_key))
+  # The last block may be short: its slice starts earlier and masks what precedes the block.
+  start = jnp.minimum(block * size, n - size)
+  positions = start + jnp.arange(size)
+  weights = jnp.where(positions >= block * size,
+                      jnp.exp(jax.lax.dynamic_slice(scores, (start,), (size,)) - top), 0.0)
+  return start + _search(weights, jax.random.uniform(word_key))
+
+
+def _search(weights: jax.Array, u: jax.Array) -> jax.Array:
+  """The first i with cumsum(weights)[i] > u * sum(weights), u in [0, 1): never a zero weight."""
+  cumulative = jnp.cumsum(weights)
+  index = jnp.sum(cumulative <= u * cumulative[-1])
+  # u * total can round up to total: fall back to the last index with any weight.
+  last = weights.shape[0] - 1 - jnp.argmax(weights[::-1] > 0)
+  return jnp.minimum(index, last)
+
+
+def _beam_search(reader: _Reader, seed, *, num_words: int, width: int) -> Generated:
+  """The likeliest continuation that a beam of `width` hypotheses finds."""
+  start = reader.start(seed)
+  contexts = jax.tree.map(lambda x: jnp.repeat(x[None], width, axis=0), start)
+  # Only one live hypothesis at first, or the beam would fill with copies of it.
+  scores = jnp.full(width, -jnp.inf).at[0].set(0.0)
+  tokens = jnp.zeros((width, num_words), jnp.int32)
+  log_probs = jnp.zeros((width, num_words), jnp.float32)
+
+  def step(carry, t):
+    contexts, scores, tokens, log_probs = carry
+    step_log_probs = jax.nn.log_softmax(jax.vmap(reader.logits)(contexts))
+    vocab = step_log_probs.shape[-1]
+    scores, best = jax.lax.top_k((scores[:, None] + step_log_probs).ravel(), width)
+    origin, token = best // vocab, (best % vocab).astype(jnp.int32)
+    contexts = jax.vmap(reader.advance)(jax.tree.map(lambda x: x[origin], contexts), token)
+    tokens = tokens[origin].at[:, t].set(token)
+    log_probs = log_probs[origin].at[:, t].set(step_log_probs[origin, token])
+    return (contexts, scores, tokens, log_probs), None
+
+  (_, _, tokens, log_probs), _ = jax.lax.scan(
+      step, (contexts, scores, tokens, log_probs), jnp.arange(num_words))
+  return Generated(tokens[0], log_probs[0])
+
+
+def continue_seeds(model: models.WordLSTM, params: Any, seed_list: list[seeds.Seed],
+                   training_length: int, key: jax.Array, num_words: int,
+                   temperature: float | np.ndarray = 1.0, decoding: Decoding = Decoding(),
+                   num_samples: int = 1) -> Generated:
+  """`num_samples` continuations of each seed, seed-major: row i continues seed i // num_samples.
+
+  Window mode pads or cuts each seed to `training_length` tokens, the walkthrough's window;
+  stateful mode reads each seed whole.
+  """
+  if num_samples < 1:
+    raise UserError(f'num_samples must be >= 1, got {num_samples}')
+  tokens = [seed.tokens for seed in seed_list]
+  length = training_length if decoding.mode == 'window' else max(map(len, tokens))
+  batch = np.repeat(seeds.pad(tokens, length), num_samples, axis=0)
+  return generate(model, params, batch, key, num_words, temperature, decoding)

@@ -139,6 +139,12 @@ class Tokenizer:
       sequences.append([i for i in ids if i is not None])
     return sequences
 
+  def unknown_words(self, text: str) -> list[str]:
+    """Words of `text` without an id of their own (dropped, or read as the oov token), once each."""
+    unknown = (w for w in self.tokenize(text)
+               if w not in self.word_index or not self._keeps(self.word_index[w]))
+    return list(dict.fromkeys(unknown))
+
   def sequences_to_texts(self, sequences: Iterable[Sequence[int]]) -> list[str]:
     """Maps each id sequence back to its tokens joined by single spaces.
 
