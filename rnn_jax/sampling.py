@@ -92,7 +92,11 @@ def generate(model: models.WordLSTM, params: Any, prompts: np.ndarray | jax.Arra
   if decoding.beam_width >= model.vocab_size:
     raise UserError(f'beam_width must be below the vocabulary size {model.vocab_size}')
   keys = _sequence_keys(key, prompts.shape[0])
-  temperature = np.broadcast_to(np.asarray(temperature, np.float32), prompts.shape[:1])
+  temperature = np.asarray(temperature, np.float32)
+  if temperature.shape not in ((), prompts.shape[:1]):
+    raise UserError(f'temperature must be one value or one per sequence ({prompts.shape[0]}), '
+                    f'got shape {temperature.shape}')
+  temperature = np.broadcast_to(temperature, prompts.shape[:1])
   if not np.all(np.isfinite(temperature) & (temperature >= 0)):
     raise UserError('temperature must be finite and >= 0')
   return _generate(model, params, prompts, keys, jnp.asarray(temperature), num_words=num_words,
@@ -212,7 +216,7 @@ def _nucleus(scores: jax.Array, top_p: float) -> jax.Array:
 
   def halve(_, bounds):
     low, high = bounds  # the answer lies in (low, high]
-    middle = (low + high) // 2
+    middle = low + (high - low) // 2  # low + high would overflow int32
     holds = jnp.sum(jnp.where(gap <= _float(middle), weights, 0.0)) >= needed
     return jnp.where(holds, low, middle), jnp.where(holds, middle, high)
 
