@@ -236,4 +236,9 @@ def advance(params, config: ModelConfig, stack: Stack, tokens: Array) -> Stack:
 def readout(params, h: Array) -> Array:
   """Next-word logits f32[*batch, vocab] from the last layer's h: f32[*batch, lstm_units]."""
   dense, logits = params['dense'], params['logits']
-  return nn.relu(h @ dense['kernel'] + dense['bias']) @ logits['kernel'] + logits['bias']
+  hidden = nn.relu(h @ dense['kernel'] + dense['bias'])
+  # The bias rides in the matmul as a row of the kernel: on a CPU, adding it afterwards costs
+  # one more pass over the [batch, vocab] logits.
+  ones = jnp.ones((*hidden.shape[:-1], 1), hidden.dtype)
+  kernel = jnp.concatenate([logits['kernel'], logits['bias'][None]])
+  return jnp.concatenate([hidden, ones], axis=-1) @ kernel

@@ -190,65 +190,74 @@ def draw(logits: jax.Array, temperature: jax.Array, key: jax.Array, *, top_k: in
   Returns:
     int32[] token id.
   """
-  greedy = temperature == 0
-  # XLA's argmax is a slow variadic reduce on CPU; greedy is a draw among the maxima instead.
-  scaled = jnp.where(greedy, jnp.where(logits == jnp.max(logits), 0.0, -jnp.inf),
-                     logits / jnp.where(greedy, 1.0, temperature))
-  candidates = None
+  scores, candidates = logits, None
   if top_k:
-    scaled, candidates = jax.lax.top_k(scaled, top_k)
+    scores, candidates = jax.lax.top_k(logits, top_k)
+  weigh = _softmax_weights(jnp.max(scores), temperature)
   if top_p < 1:
-    scaled = _nucleus(scaled, top_p)
-  choice = _inverse_cdf(scaled, key)
+    scores = _nucleus(scores, weigh, top_p)
+  choice = _inverse_cdf(scores, weigh, key)
   return (choice if candidates is None else candidates[choice]).astype(jnp.int32)
 
 
-def _nucleus(scores: jax.Array, top_p: float) -> jax.Array:
-  """-inf outside the fewest highest scores whose softmax mass reaches top_p.
+def _softmax_weights(top: jax.Array, temperature: jax.Array) -> Callable[[jax.Array], jax.Array]:
+  """Scores -> unnormalised softmax(scores / temperature); temperature 0 weighs the maxima only.
+
+  Elementwise, so XLA fuses it into each reduction that reads it: the [batch, vocab] weights are
+  never written to memory, which on a CPU costs as much as the output layer's matmul.
+  """
+  greedy = temperature == 0
+  # For greedy, the largest float as 1 / temperature sends every score below the top (by more
+  # than 3e-37) to exp(-inf) = 0. A select would be exact too but keeps XLA from fusing the exp
+  # into the reductions: 15% of a generated token's time.
+  inverse = jnp.where(greedy, jnp.finfo(jnp.float32).max, 1 / jnp.where(greedy, 1.0, temperature))
+  return lambda scores: jnp.exp((scores - top) * inverse)
+
+
+def _nucleus(scores: jax.Array, weigh, top_p: float) -> jax.Array:
+  """-inf outside the fewest highest scores whose weight reaches top_p of the total.
 
   A full sort of 16k scores per row costs seconds per step on a CPU. Instead a bisection over
-  the bit patterns of non-negative floats (ordered as the floats) finds the smallest gap below
-  the top score that holds the mass: 31 passes over the scores, exact.
+  the bit patterns of the weights (non-negative floats, ordered as their bits) finds the highest
+  weight threshold that keeps the mass: 30 passes over the weights, exact.
   """
-  gap = jnp.max(scores) - scores
-  weights = jnp.exp(-gap)
+  weights = weigh(scores)
   needed = top_p * jnp.sum(weights)
 
   def halve(_, bounds):
-    low, high = bounds  # the answer lies in (low, high]
+    low, high = bounds  # a threshold of low keeps enough weight, high does not
     middle = low + (high - low) // 2  # low + high would overflow int32
-    holds = jnp.sum(jnp.where(gap <= _float(middle), weights, 0.0)) >= needed
-    return jnp.where(holds, low, middle), jnp.where(holds, middle, high)
+    holds = jnp.sum(jnp.where(weights >= _float(middle), weights, 0.0)) >= needed
+    return jnp.where(holds, middle, low), jnp.where(holds, high, middle)
 
-  infinity = jax.lax.bitcast_convert_type(jnp.float32(jnp.inf), jnp.int32)
-  _, high = jax.lax.fori_loop(0, 31, halve, (jnp.int32(-1), infinity))
-  return jnp.where(gap <= _float(high), scores, -jnp.inf)
+  above_one = jax.lax.bitcast_convert_type(jnp.float32(1), jnp.int32) + 1  # the top weighs 1
+  low, _ = jax.lax.fori_loop(0, 30, halve, (jnp.int32(0), above_one))
+  return jnp.where(weights >= _float(low), scores, -jnp.inf)
 
 
 def _float(bits: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
-def _inverse_cdf(scores: jax.Array, key: jax.Array) -> jax.Array:
-  """An index drawn with probability softmax(scores), from two uniforms: exact and cheap.
+def _inverse_cdf(scores: jax.Array, weigh, key: jax.Array) -> jax.Array:
+  """An index drawn with probability proportional to weigh(scores), from two uniforms: exact.
 
   `jax.random.categorical` draws one Gumbel number per word, several times the cost of the
-  output layer's matmul at vocabulary 16k. Here the scores fall into blocks of about sqrt(n):
-  one uniform picks a block by its probability mass, a second a word inside it.
+  output layer's matmul at vocabulary 16k. Here the words fall into blocks of about sqrt(n):
+  one uniform picks a block by its weight, a second a word inside it.
   """
   n = scores.shape[-1]
   size = 2 ** math.ceil(math.log2(math.sqrt(n)))
-  top = jnp.max(scores)
-  # reduce_window keeps exp fused into the sums; a reshape-and-sum runs 6x slower on CPU.
-  block_mass = jax.lax.reduce_window(jnp.exp(scores - top), 0.0, jax.lax.add, (size,), (size,),
-                                     padding=((0, -n % size),))
+  # reduce_window keeps the weights fused into the sums; a reshape-and-sum runs 6x slower.
+  block_weights = jax.lax.reduce_window(weigh(scores), 0.0, jax.lax.add, (size,), (size,),
+                                        padding=((0, -n % size),))
   block_key, word_key = jax.random.split(key)
-  block = _search(block_mass, jax.random.uniform(block_key))
+  block = _search(block_weights, jax.random.uniform(block_key))
   # The last block may be short: its slice starts earlier and masks what precedes the block.
   start = jnp.minimum(block * size, n - size)
   positions = start + jnp.arange(size)
   weights = jnp.where(positions >= block * size,
-                      jnp.exp(jax.lax.dynamic_slice(scores, (start,), (size,)) - top), 0.0)
+                      weigh(jax.lax.dynamic_slice(scores, (start,), (size,))), 0.0)
   return start + _search(weights, jax.random.uniform(word_key))
 
 

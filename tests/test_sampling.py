@@ -294,7 +294,10 @@ def test_nucleus_equals_a_sort_based_reference():
   scores[::2] = np.round(scores[::2])  # ties, also at the edge of the nucleus
   scores[::5, 0] = -np.inf
   scores = scores.astype(np.float32)
-  nucleus = jax.jit(jax.vmap(sampling._nucleus, in_axes=(0, None)))
+  def one_row(row, top_p):
+    return sampling._nucleus(row, sampling._softmax_weights(jnp.max(row), 1.0), top_p)
+
+  nucleus = jax.jit(jax.vmap(one_row, in_axes=(0, None)))
   checked = 0
   for top_p in (0.05, 0.3, 0.5, 0.8, 0.95):
     kept = np.isfinite(np.asarray(nucleus(scores, top_p)))
