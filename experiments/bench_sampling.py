@@ -55,6 +55,11 @@ def main(argv):
     print(f'{batch:>6} ' + ' '.join(f'{results[f"{name}_b{batch}_tokens_per_s"]:>12,.0f}'
                                     for name in ('window', 'stateful', 'ceiling')))
   results = {k: round(v, 1) for k, v in results.items()}
+  largest = max(map(int, FLAGS.batch_sizes))
+  stateful = results[f'stateful_b{largest}_tokens_per_s']
+  results[f'stateful_b{largest}_share_of_ceiling'] = round(
+      stateful / results[f'ceiling_b{largest}_tokens_per_s'], 3)
+  results[f'stateful_b{largest}_over_naive'] = round(stateful / results['naive_tokens_per_s'], 1)
   results |= {'vocab_size': vocab, 'training_length': length, 'num_words': FLAGS.num_words,
               'jax': jax.__version__, 'device': str(jax.devices()[0]),
               'machine': platform.processor() or platform.machine()}

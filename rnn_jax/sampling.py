@@ -266,7 +266,7 @@ def _search(weights: jax.Array, u: jax.Array) -> jax.Array:
   cumulative = jnp.cumsum(weights)
   index = jnp.sum(cumulative <= u * cumulative[-1])
   # u * total can round up to total: fall back to the last index with any weight.
-  last = weights.shape[0] - 1 - jnp.argmax(weights[::-1] > 0)
+  last = jnp.max(jnp.where(weights > 0, jnp.arange(weights.shape[0]), 0))
   return jnp.minimum(index, last)
 
 
