@@ -3,8 +3,8 @@
   python -m experiments.bench_sampling --workdir=DIR
 
 For each batch size and mode, one compiled call generates --num_words tokens per sequence
-(temperature sampling over the whole vocabulary); the median of --repeats timed calls after
-compilation counts. Beside it:
+(temperature sampling over the whole vocabulary, or the --top_k, --top_p or --beam_width given);
+the median of --repeats timed calls after compilation counts. Beside it:
   naive    the walkthrough's way: one sequence, the jitted model called once per token on its
            last window, the draw made on the host with NumPy.
   ceiling  the output layer's matmul alone (batch x dense_units by dense_units x vocabulary) at
@@ -35,6 +35,9 @@ flags.DEFINE_integer('num_words', 32, 'Tokens per sequence in each timed call.',
 flags.DEFINE_integer('naive_words', 100, 'Tokens the naive loop generates.', lower_bound=1)
 flags.DEFINE_integer('repeats', 3, 'Timed calls per figure (the median counts).', lower_bound=1)
 flags.DEFINE_float('temperature', 0.75, 'Sampling temperature.', lower_bound=0)
+flags.DEFINE_integer('top_k', 0, 'Time top-k sampling (the naive loop stays plain).', lower_bound=0)
+flags.DEFINE_float('top_p', 1.0, 'Time nucleus sampling.', lower_bound=0, upper_bound=1)
+flags.DEFINE_integer('beam_width', 1, 'Time beam search of this width.', lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -60,7 +63,8 @@ def main(argv):
   results[f'stateful_b{largest}_share_of_ceiling'] = round(
       stateful / results[f'ceiling_b{largest}_tokens_per_s'], 3)
   results[f'stateful_b{largest}_over_naive'] = round(stateful / results['naive_tokens_per_s'], 1)
-  results |= {'vocab_size': vocab, 'training_length': length, 'num_words': FLAGS.num_words,
+  results |= {'top_k': FLAGS.top_k, 'top_p': FLAGS.top_p, 'beam_width': FLAGS.beam_width,
+              'vocab_size': vocab, 'training_length': length, 'num_words': FLAGS.num_words,
               'jax': jax.__version__, 'device': str(jax.devices()[0]),
               'machine': platform.processor() or platform.machine()}
   print(json.dumps(results))
@@ -78,7 +82,7 @@ def _median_seconds(run) -> float:
 
 
 def _generator(model, params, prompts: np.ndarray, mode: str) -> float:
-  decoding = sampling.Decoding(mode)
+  decoding = sampling.Decoding(mode, FLAGS.top_k, FLAGS.top_p, FLAGS.beam_width)
   key = jax.random.key(0)
   seconds = _median_seconds(lambda: sampling.generate(
       model, params, prompts, key, FLAGS.num_words, FLAGS.temperature,
