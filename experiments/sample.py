@@ -23,8 +23,8 @@ flags.DEFINE_string('workdir', None, 'The trained run to sample from.', required
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of the run.')
 flags.DEFINE_multi_string('seed_text', [], 'Text to continue; repeat the flag for several seeds.')
 flags.DEFINE_integer('num_random_seeds', 0, 'Continue this many random passages of the '
-                     'validation texts (the default is 3 when no --seed_text is given).',
-                     lower_bound=0)
+                     'validation texts (of every text for runs split by windows); 3 when no '
+                     '--seed_text is given.', lower_bound=0)
 flags.DEFINE_integer('num_words', 50, 'Words to generate per sample.', lower_bound=1)
 flags.DEFINE_integer('num_samples', 1, 'Samples per seed.', lower_bound=1)
 flags.DEFINE_float('temperature', 0.75, "The walkthrough's diversity: logits / T; 0 is greedy.",
