@@ -163,6 +163,46 @@ class LSTM(nn.Module):
     return state, state[1]
 
 
+@jax.custom_vjp
+def affine(x: Array, kernel: Array, bias: Array) -> Array:
+  """x @ kernel + bias, the bias riding in the matmul as one more row of the kernel.
+
+  On a CPU, adding a bias to [batch, vocab] logits afterwards costs a pass over them, and its
+  gradient another; as a row of the kernel it costs the matmul one more row. The gradient is
+  written out so that x's does not pass through that row too: an odd-width [batch, 129] result
+  runs at half the speed of [batch, 128].
+  """
+  return _with_ones(x) @ jnp.concatenate([kernel, bias[None]])
+
+
+def _with_ones(x: Array) -> Array:
+  return jnp.concatenate([x, jnp.ones((*x.shape[:-1], 1), x.dtype)], axis=-1)
+
+
+def _affine_fwd(x, kernel, bias):
+  return affine(x, kernel, bias), (x, kernel)
+
+
+def _affine_bwd(residuals, d_y):
+  x, kernel = residuals
+  d_kernel_and_bias = jnp.einsum('...i,...o->io', _with_ones(x), d_y)
+  return d_y @ kernel.T, d_kernel_and_bias[:-1], d_kernel_and_bias[-1]
+
+
+affine.defvjp(_affine_fwd, _affine_bwd)
+
+
+class Affine(nn.Module):
+  """`nn.Dense` (same parameters and initialisation) computed with `affine`."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', nn.initializers.glorot_uniform(), (x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    return affine(x, kernel, bias)
+
+
 class WordLSTM(nn.Module):
   """Embedding -> stacked LSTMs -> relu Dense -> Dropout -> next-word logits.
 
@@ -213,8 +253,7 @@ class WordLSTM(nn.Module):
     h = nn.Dense(cfg.dense_units, kernel_init=nn.initializers.glorot_uniform(),
                  name='dense')(h)
     h = nn.Dropout(cfg.dense_dropout)(nn.relu(h), deterministic=deterministic)
-    return nn.Dense(self.vocab_size, kernel_init=nn.initializers.glorot_uniform(),
-                    name='logits')(h)
+    return Affine(self.vocab_size, name='logits')(h)
 
 
 def initial_stack(config: ModelConfig, batch_shape: tuple[int, ...] = ()) -> Stack:
@@ -251,8 +290,4 @@ def readout(params, h: Array) -> Array:
   """Next-word logits f32[*batch, vocab] from the last layer's h: f32[*batch, lstm_units]."""
   dense, logits = params['dense'], params['logits']
   hidden = nn.relu(h @ dense['kernel'] + dense['bias'])
-  # The bias rides in the matmul as a row of the kernel: on a CPU, adding it afterwards costs
-  # one more pass over the [batch, vocab] logits.
-  ones = jnp.ones((*hidden.shape[:-1], 1), hidden.dtype)
-  kernel = jnp.concatenate([logits['kernel'], logits['bias'][None]])
-  return jnp.concatenate([hidden, ones], axis=-1) @ kernel
+  return affine(hidden, logits['kernel'], logits['bias'])

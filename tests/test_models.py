@@ -3,13 +3,14 @@
 import functools
 import itertools
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rnn_jax.configs import ModelConfig
-from rnn_jax.models import LSTM, WordLSTM, lstm_cell
+from rnn_jax.models import LSTM, WordLSTM, affine, lstm_cell
 
 BATCH, TIME, FEATURES, UNITS = 2, 5, 3, 4
 VOCAB = 11
@@ -305,3 +306,20 @@ def test_stacked_model_runs_with_dropout():
                  rngs={'dropout': jax.random.key(1)})
   assert logits.shape == (2, VOCAB) and np.isfinite(logits).all()
   assert not np.allclose(logits, apply(model, variables, TOKENS))
+
+
+def test_affine_equals_dense_in_values_and_gradients():
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.standard_normal((3, 2, 5)), jnp.float32)
+  dense = nn.Dense(7)
+  params = dense.init(jax.random.key(0), x)['params']
+  params['bias'] = jnp.asarray(rng.standard_normal(7), jnp.float32)
+  weights = jnp.asarray(rng.standard_normal((3, 2, 7)), jnp.float32)
+  loss = lambda f, params, x: jnp.sum(weights * f(params, x) ** 2)
+  with_affine = lambda params, x: affine(x, params['kernel'], params['bias'])
+  with_dense = lambda params, x: dense.apply({'params': params}, x)
+  np.testing.assert_allclose(with_affine(params, x), with_dense(params, x), atol=1e-6)
+  grads = jax.grad(functools.partial(loss, with_affine), argnums=(0, 1))(params, x)
+  expected = jax.grad(functools.partial(loss, with_dense), argnums=(0, 1))(params, x)
+  for grad, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,29 @@
+"""The benchmark entry point, run as a user runs it, on its tiny synthetic shapes."""
+
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+REPO = Path(__file__).parents[1]
+RATES = ('rnn_jax_train', 'rnn_jax_nodropout_train', 'flax_train', 'rnn_jax_eval',
+         'input_pipeline', 'roofline')
+KEYS = ('keras_train_windows_per_s', 'roofline_fraction', 'ratio_vs_flax', 'ratio_vs_keras',
+        'compile_seconds', 'peak_rss_mb', 'steps', 'batch_size', 'training_length', 'vocab_size',
+        'jax', 'device', 'eval_over_train')
+
+
+def test_smoke_run_reports_every_figure_as_one_json_line():
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.bench', '--smoke', '--steps=2', '--keras=false'],
+      cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  figures = json.loads(result.stdout.splitlines()[-1])
+  rates = {name: figures[f'{name}_windows_per_s'] for name in RATES}
+  assert not set(KEYS) - set(figures)
+  assert all(isinstance(rate, float) and rate > 0 for rate in rates.values()), rates
+  assert figures['keras_train_windows_per_s'] is None and figures['ratio_vs_keras'] is None
+  assert figures['ratio_vs_flax'] == pytest.approx(
+      rates['rnn_jax_nodropout_train'] / rates['flax_train'], rel=1e-3)
