@@ -31,6 +31,7 @@ import optax
 
 from experiments import config_flags
 from rnn_jax import data
+from rnn_jax import models
 from rnn_jax import train
 from rnn_jax.configs import Config, ModelConfig
 
@@ -232,19 +233,20 @@ def _matmuls(config: Config, vocab: int) -> list[tuple[str, int, tuple[int, int,
 
 
 @functools.cache
-def _matmul_flops_per_s(m: int, k: int, n: int) -> float:
-  """An f32 matmul of this shape, repeated in one compiled loop: the best of a few calls."""
+def _matmul_flops_per_s(m: int, k: int, n: int, dtype: str) -> float:
+  """A matmul of this shape (operands in dtype, float32 sums), repeated in one compiled loop: the
+  best of a few calls."""
   flops = 2 * m * k * n
   # Enough matmuls that the call's own overhead vanishes, as it does inside a training step.
   iterations = min(10_000, max(10, math.ceil(MATMUL_LOOP_FLOPS / flops)))
-  a, b = jnp.ones((m, k)), jnp.ones((k, n))
+  a, b = jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
 
   def body(i, carry):
     a, b, _ = carry
     # One element of the input takes the index, in place: XLA cannot hoist the matmul out of the
     # loop, and the loop reuses its buffers where a lone call would allocate its output.
     a = a.at[0, 0].set(i.astype(a.dtype))
-    return a, b, a @ b
+    return a, b, models.matmul(a, b, a.dtype)
 
   loop = jax.jit(lambda a, b: jax.lax.fori_loop(0, iterations, body, (a, b, jnp.zeros((m, n)))))
   jax.block_until_ready(loop(a, b))
@@ -259,7 +261,10 @@ def _roofline(config: Config, vocab: int) -> float:
   print(f'{"matmul":28} {"shape (m x k by k x n)":>24} {"times":>6} {"GFLOP/step":>11} '
         f'{"GFLOP/s":>9} {"ms/step":>9}')
   for name, count, shape in _matmuls(config, vocab):
-    flops, rate = 2 * math.prod(shape) * count, _matmul_flops_per_s(*shape)
+    flops = 2 * math.prod(shape) * count
+    # compute_dtype reaches the input projections and the logits; the rest stays float32.
+    low = name.startswith('logits') or ' input' in name
+    rate = _matmul_flops_per_s(*shape, config.model.compute_dtype if low else 'float32')
     seconds += flops / rate
     m, k, n = shape
     print(f'{name:28} {f"{m} x {k} by {k} x {n}":>24} {count:>6} {flops / 1e9:>11.4g} '

@@ -9,6 +9,7 @@ from rnn_jax.errors import UserError
 WALKTHROUGH_FILTERS = '!"%;[\\]^_`{|}~\t\n'  # case-kept, trainable-embedding runs
 GLOVE_FILTERS = '!"#$%&()*+/:<=>@[\\]^_`{|}~\t\n'  # lower-case, pre-trained runs
 SPLITS = ('abstracts', 'windows')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 # How long to train may change when a run resumes; everything else is the run's own.
 RESUMABLE = ('max_epochs', 'patience', 'min_delta', 'log_every')
 
@@ -56,6 +57,7 @@ class ModelConfig:
   recurrent_dropout: float = 0.1  # LSTM hidden-state dropout, one mask per sequence (Keras)
   dense_units: int = 128  # width of the relu layer after the LSTM
   dense_dropout: float = 0.5  # dropout after the relu layer
+  compute_dtype: str = 'float32'  # 'bfloat16': big matmuls take bfloat16 inputs, sums stay float32
 
   def __post_init__(self):
     for name in ('embedding_dim', 'lstm_layers', 'lstm_units', 'dense_units'):
@@ -63,6 +65,8 @@ class ModelConfig:
     for name in ('dropout', 'recurrent_dropout', 'dense_dropout'):
       _require(0 <= getattr(self, name) < 1,
                f'{name} must be in [0, 1), got {getattr(self, name)}')
+    _require(self.compute_dtype in COMPUTE_DTYPES,
+             f'compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}')
 
 
 @dataclasses.dataclass(frozen=True)

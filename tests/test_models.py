@@ -323,3 +323,26 @@ def test_affine_equals_dense_in_values_and_gradients():
   expected = jax.grad(functools.partial(loss, with_dense), argnums=(0, 1))(params, x)
   for grad, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
     np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_matmuls_stay_close_to_float32():
+  """bfloat16 operands (8 significant bits) with float32 sums: logits and gradients within a
+  few percent of float32, parameters float32 either way."""
+  tokens = jnp.asarray(np.random.default_rng(7).integers(1, VOCAB, (4, 6)), jnp.int32)
+  labels = jnp.asarray(np.random.default_rng(8).integers(1, VOCAB, 4), jnp.int32)
+  models = [WordLSTM(ModelConfig(embedding_dim=16, lstm_units=8, dense_units=16,
+                                 compute_dtype=dtype), VOCAB) for dtype in ('float32', 'bfloat16')]
+  params = init(models[0], jax.random.key(3), tokens)['params']
+
+  def loss(params, model):
+    logits = model.apply({'params': params}, tokens, deterministic=True)
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels]), logits
+
+  (loss32, logits32), grads32 = jax.value_and_grad(loss, has_aux=True)(params, models[0])
+  (loss16, logits16), grads16 = jax.value_and_grad(loss, has_aux=True)(params, models[1])
+  assert logits16.dtype == jnp.float32
+  np.testing.assert_allclose(logits16, logits32, atol=0.02 * float(jnp.abs(logits32).max()))
+  assert abs(float(loss16) - float(loss32)) < 0.01 * float(loss32)
+  for g16, g32 in zip(jax.tree.leaves(grads16), jax.tree.leaves(grads32)):
+    assert g16.dtype == jnp.float32
+    assert float(jnp.linalg.norm(g16 - g32)) <= 0.03 * float(jnp.linalg.norm(g32)) + 1e-6
