@@ -149,7 +149,7 @@ class LSTM(nn.Module):
     input_key, recurrent_key = jax.random.split(self.make_rng('dropout')) if dropping else (0, 0)
 
     if ids is not None and (not dropping or self.dropout == 0) and len(inputs) < time * batch:
-      gates_x = matmul(inputs, kernel, self.dtype)[ids]
+      rows = matmul(inputs, kernel, self.dtype)
     else:
       if ids is not None:
         inputs = inputs[ids]
@@ -157,17 +157,18 @@ class LSTM(nn.Module):
         inputs = inputs * _dropout_mask(input_key, self.dropout, (batch, features), inputs.dtype)
       # One matmul for every step, outside the recurrence, on 2-D operands: XLA's CPU backend
       # runs its gradient (contracting time and batch) 3x slower when they stay 3-D.
-      gates_x = matmul(inputs.reshape(-1, features), kernel, self.dtype).reshape(time, batch, -1)
+      rows = matmul(inputs.reshape(-1, features), kernel, self.dtype)
+      ids = jnp.arange(time * batch).reshape(time, batch)
 
-    recurrent_mask = jnp.ones((batch, self.units), gates_x.dtype)
+    recurrent_mask = jnp.ones((batch, self.units), rows.dtype)
     if dropping and self.recurrent_dropout > 0:
       recurrent_mask = _dropout_mask(recurrent_key, self.recurrent_dropout, (batch, self.units),
-                                     gates_x.dtype)
-    step_mask = (jnp.ones((time, batch), gates_x.dtype) if mask is None
-                 else mask.astype(gates_x.dtype))[..., None]
-    c0, h0 = self.initial_state(batch, gates_x.dtype) if initial_state is None else initial_state
-    state, outputs = recurrence.lstm(gates_x, recurrent_kernel, bias, recurrent_mask, step_mask,
-                                     c0, h0, self.reverse)
+                                     rows.dtype)
+    step_mask = (jnp.ones((time, batch), rows.dtype) if mask is None
+                 else mask.astype(rows.dtype))[..., None]
+    c0, h0 = self.initial_state(batch, rows.dtype) if initial_state is None else initial_state
+    state, outputs = recurrence.lstm(rows, ids, recurrent_kernel, bias, recurrent_mask,
+                                     step_mask, c0, h0, self.reverse)
     if self.return_sequences:
       return state, outputs if self.time_major else jnp.swapaxes(outputs, 0, 1)
     return state, state[1]

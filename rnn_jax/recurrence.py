@@ -6,10 +6,11 @@ small and XLA's cost per operation is high:
 - The three sigmoids and the cell tanh are one tanh over all four gate blocks, using
   sigmoid(z) = (1 + tanh(z / 2)) / 2: one transcendental pass over [batch, 4 * units] instead of
   four over slices (4x faster on XLA's CPU backend).
-- Autodiff of the scan would also accumulate the recurrent kernel's gradient inside the backward
-  loop, one small matmul per step. Here the backward loop carries only (dc, dh) and emits the
-  gates' gradients; the kernel's gradient is then one matmul over every step at once, and the
-  input projection's gradients are left to autodiff outside, as one matmul each.
+- The gradient is written by hand: the backward loop recomputes tanh(c) rather than storing it,
+  and gathers the gradients of the input rows and the recurrent kernel in its carry, so no
+  [time, batch, 4 * units] array of gate gradients is written, nor one of gathered inputs in the
+  forward loop. The input projection's own gradients are left to autodiff outside, one matmul
+  each.
 """
 
 import functools
@@ -46,14 +47,16 @@ def activate(gates: Array, c: Array) -> tuple[Array, Array, Array, Array]:
   return c, o * tanh_c, t, tanh_c
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def lstm(gates_x: Array, recurrent_kernel: Array, bias: Array, recurrent_mask: Array,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def lstm(rows: Array, ids: Array, recurrent_kernel: Array, bias: Array, recurrent_mask: Array,
          step_mask: Array, c0: Array, h0: Array,
          reverse: bool) -> tuple[tuple[Array, Array], Array]:
   """Runs the recurrence over time.
 
   Args:
-    gates_x: f32[time, batch, 4 * units], the input projection x @ kernel.
+    rows: f32[n, 4 * units], input projections x @ kernel, of which `ids` picks each step's.
+    ids: int32[time, batch], the row of every step: a vocabulary id when `rows` projects the
+      word vectors, else the position of (time, batch) in the flattened projection.
     recurrent_kernel: f32[units, 4 * units].
     bias: f32[4 * units], added inside the step, where the add costs no pass of its own.
     recurrent_mask: f32[batch, units], multiplies h before the recurrent matmul (dropout; ones
@@ -66,40 +69,48 @@ def lstm(gates_x: Array, recurrent_kernel: Array, bias: Array, recurrent_mask: A
   Returns:
     ((c, h) after the last step read, h after every step: f32[time, batch, units]).
   """
-  state, (hs, _) = _forward(gates_x, recurrent_kernel, bias, recurrent_mask, step_mask, c0, h0,
-                            reverse)
+  state, (hs, _) = _forward(rows, ids, recurrent_kernel, bias, recurrent_mask, step_mask, c0,
+                            h0, reverse)
   return state, hs
 
 
-def _forward(gates_x, recurrent_kernel, bias, recurrent_mask, step_mask, c0, h0, reverse):
-  """The scan; besides each h it returns what the backward pass needs: c before and t."""
+def _forward(rows, ids, recurrent_kernel, bias, recurrent_mask, step_mask, c0, h0, reverse):
+  """The scan; besides each h it returns what the backward pass needs: c before and t.
+
+  Each step gathers its rows itself: a [time, batch, 4 * units] array of them would cost a pass
+  to write and one to read.
+  """
 
   def step(carry, xs):
     c, h = carry
-    gates_x_t, read = xs
-    new_c, new_h, t, _ = activate(gates_x_t + bias + (h * recurrent_mask) @ recurrent_kernel, c)
+    ids_t, read = xs
+    gates = rows[ids_t] + bias + (h * recurrent_mask) @ recurrent_kernel
+    new_c, new_h, t, _ = activate(gates, c)
     new_c = jnp.where(read > 0, new_c, c)
     new_h = jnp.where(read > 0, new_h, h)
     return (new_c, new_h), (new_h, (c, t))
 
-  return jax.lax.scan(step, (c0, h0), (gates_x, step_mask), reverse=reverse)
+  return jax.lax.scan(step, (c0, h0), (ids, step_mask), reverse=reverse)
 
 
-def _lstm_fwd(gates_x, recurrent_kernel, bias, recurrent_mask, step_mask, c0, h0, reverse):
-  state, (hs, (cs, ts)) = _forward(gates_x, recurrent_kernel, bias, recurrent_mask, step_mask,
+def _lstm_fwd(rows, ids, recurrent_kernel, bias, recurrent_mask, step_mask, c0, h0, reverse):
+  state, (hs, (cs, ts)) = _forward(rows, ids, recurrent_kernel, bias, recurrent_mask, step_mask,
                                    c0, h0, reverse)
-  return (state, hs), (recurrent_kernel, recurrent_mask, step_mask, h0, hs, cs, ts)
+  return (state, hs), (rows, ids, recurrent_kernel, recurrent_mask, step_mask, h0, hs, cs, ts)
 
 
 def _lstm_bwd(reverse, residuals, cotangents):
-  recurrent_kernel, recurrent_mask, step_mask, h0, hs, cs, ts = residuals
+  rows, ids, recurrent_kernel, recurrent_mask, step_mask, h0, hs, cs, ts = residuals
   (d_c, d_h), d_hs = cotangents
   # d(gate pre-activation) = d(gate) * (1 - t^2) * scale^2: 1/4 for the sigmoids, 1 for tanh.
   slope = _tanh_scale(recurrent_kernel.shape[0], ts.dtype) ** 2
+  # h before each step is the h after the one read before it, or h0 for the first one read.
+  h_before = (jnp.concatenate([hs[1:], h0[None]]) if reverse
+              else jnp.concatenate([h0[None], hs[:-1]]))
 
   def step(carry, xs):
-    d_c, d_h = carry
-    d_h_out, read, c, t = xs
+    d_c, d_h, d_rows, d_kernel = carry
+    d_h_out, read, c, t, ids_t, h_before_t = xs
     d_h = d_h + d_h_out
     d_h_cell, d_c_cell = d_h * read, d_c * read
     t_i, t_f, g, t_o = jnp.split(t, 4, axis=-1)
@@ -108,20 +119,18 @@ def _lstm_bwd(reverse, residuals, cotangents):
     d_c_cell = d_c_cell + d_h_cell * o * (1 - tanh_c * tanh_c)
     d_gates = jnp.concatenate([d_c_cell * g, d_c_cell * c, d_c_cell * i, d_h_cell * tanh_c],
                               axis=-1) * (1 - t * t) * slope
+    # The rows' and the kernel's gradients gather in the carry, so no [time, batch, 4 * units]
+    # array of gate gradients is ever written.
+    d_rows = d_rows.at[ids_t].add(d_gates)
+    d_kernel = d_kernel + (h_before_t * recurrent_mask).T @ d_gates
     d_h_before = (d_gates @ recurrent_kernel.T) * recurrent_mask + d_h * (1 - read)
     d_c_before = d_c_cell * f + d_c * (1 - read)
-    return (d_c_before, d_h_before), d_gates
+    return (d_c_before, d_h_before, d_rows, d_kernel), jnp.sum(d_gates, axis=0)
 
-  (d_c0, d_h0), d_gates_x = jax.lax.scan(step, (d_c, d_h), (d_hs, step_mask, cs, ts),
-                                         reverse=not reverse)
-  # h before each step is the h after the one read before it, or h0 for the first one read.
-  h_before = (jnp.concatenate([hs[1:], h0[None]]) if reverse
-              else jnp.concatenate([h0[None], hs[:-1]]))
-  # One matmul per step, summed: XLA's CPU backend runs this 4x faster than contracting
-  # time and batch in one dot.
-  d_recurrent_kernel = jnp.einsum('tbu,tbg->tug', h_before * recurrent_mask, d_gates_x).sum(0)
-  return (d_gates_x, d_recurrent_kernel, d_gates_x.sum((0, 1)), jnp.zeros_like(recurrent_mask),
-          jnp.zeros_like(step_mask), d_c0, d_h0)
+  start = (d_c, d_h, jnp.zeros_like(rows), jnp.zeros_like(recurrent_kernel))
+  (d_c0, d_h0, d_rows, d_kernel), d_bias = jax.lax.scan(
+      step, start, (d_hs, step_mask, cs, ts, ids, h_before), reverse=not reverse)
+  return (d_rows, None, d_kernel, d_bias.sum(0), None, None, d_c0, d_h0)
 
 
 lstm.defvjp(_lstm_fwd, _lstm_bwd)

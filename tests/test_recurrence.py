@@ -13,10 +13,12 @@ from rnn_jax.configs import ModelConfig
 from rnn_jax.models import LSTM, WordLSTM
 
 TIME, BATCH, UNITS = 6, 3, 4
+ROWS = 10  # input projections the steps pick from
 
 
-def plain_lstm(gates_x, recurrent_kernel, bias, recurrent_mask, step_mask, c0, h0, reverse):
+def plain_lstm(rows, ids, recurrent_kernel, bias, recurrent_mask, step_mask, c0, h0, reverse):
   """Keras' equations with sigmoids, a masked lax.scan, and autodiff for the gradient."""
+  gates_x = rows[ids]
 
   def step(carry, xs):
     c, h = carry
@@ -36,7 +38,9 @@ def random_arguments(seed: int, masked: bool, dropout: bool):
   normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
   step_mask = rng.random((TIME, BATCH, 1)) < (0.7 if masked else 1.1)
   recurrent_mask = (rng.random((BATCH, UNITS)) < 0.8) / 0.8 if dropout else np.ones((BATCH, UNITS))
-  return (normal(TIME, BATCH, 4 * UNITS), 0.5 * normal(UNITS, 4 * UNITS), normal(4 * UNITS),
+  # Fewer rows than steps: some rows are read by several steps, and their gradients add up.
+  ids = jnp.asarray(rng.integers(0, ROWS, (TIME, BATCH)), jnp.int32)
+  return (normal(ROWS, 4 * UNITS), ids, 0.5 * normal(UNITS, 4 * UNITS), normal(4 * UNITS),
           jnp.asarray(recurrent_mask, jnp.float32), jnp.asarray(step_mask, jnp.float32),
           normal(BATCH, UNITS), normal(BATCH, UNITS))
 
@@ -60,22 +64,23 @@ def test_values_and_gradients_equal_autodiff_of_a_plain_scan(reverse, masked, dr
   np.testing.assert_allclose(hs, plain_hs, atol=2e-6)
   np.testing.assert_allclose(c, plain_c, atol=2e-6)
   np.testing.assert_allclose(h, plain_h, atol=2e-6)
-  differentiable = (0, 1, 2, 5, 6)  # gates_x, kernel, bias, c0, h0; not the masks
+  differentiable = (0, 2, 3, 6, 7)  # rows, kernel, bias, c0, h0; not the ids or masks
   grads = jax.grad(functools.partial(weighted_loss, recurrence.lstm, weights, reverse=reverse),
                    argnums=differentiable)(*args)
   plain_grads = jax.grad(functools.partial(weighted_loss, plain_lstm, weights, reverse=reverse),
                          argnums=differentiable)(*args)
-  for name, grad, plain_grad in zip(['gates_x', 'kernel', 'bias', 'c0', 'h0'], grads,
+  for name, grad, plain_grad in zip(['rows', 'kernel', 'bias', 'c0', 'h0'], grads,
                                     plain_grads):
     np.testing.assert_allclose(grad, plain_grad, rtol=1e-5, atol=1e-5, err_msg=name)
   if masked:  # skipped steps pass the state's gradient through and get none themselves
-    skipped = np.asarray(args[4][..., 0]) == 0
-    assert not np.asarray(grads[0])[skipped].any()
+    read_rows = np.unique(np.asarray(args[1])[np.asarray(args[5][..., 0]) > 0])
+    unread = np.setdiff1d(np.arange(ROWS), read_rows)
+    assert not np.asarray(grads[0])[unread].any()
 
 
 def test_masks_get_no_gradient():
   args = random_arguments(seed=0, masked=True, dropout=True)
-  grads = jax.grad(lambda *a: jnp.sum(recurrence.lstm(*a, False)[1]), argnums=(3, 4))(*args)
+  grads = jax.grad(lambda *a: jnp.sum(recurrence.lstm(*a, False)[1]), argnums=(4, 5))(*args)
   assert not any(np.asarray(g).any() for g in grads)
 
 
