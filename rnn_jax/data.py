@@ -112,7 +112,8 @@ class Windows:
     """Returns features: int32[n, length] and labels: int32[n] of the windows at `indices`."""
     rows = np.lib.stride_tricks.sliding_window_view(self.tokens, self.length + 1)
     rows = rows[self.starts[indices]]
-    return rows[:, :-1], rows[:, -1]
+    # Contiguous, so that handing them to jax costs one plain copy.
+    return np.ascontiguousarray(rows[:, :-1]), rows[:, -1]
 
   @property
   def labels(self) -> np.ndarray:
