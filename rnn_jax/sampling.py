@@ -164,14 +164,16 @@ _READERS = {'window': _window_reader, 'stateful': _stateful_reader}
 
 def _sample(reader: _Reader, seed, key, temperature, *, num_words: int,
             decoding: Decoding) -> Generated:
-  def step(context, step_key):
+  def step(context, uniforms):
     logits = reader.logits(context)
-    token = draw(logits, temperature, step_key, top_k=decoding.top_k, top_p=decoding.top_p)
+    token = _draw(logits, temperature, uniforms, decoding.top_k, decoding.top_p)
     log_prob = logits[token] - jax.nn.logsumexp(logits)
     return reader.advance(context, token), (token, log_prob)
 
+  # Every step's random numbers at once: threefry inside the loop is a small loop of its own
+  # per step, which on a CPU costs more than the numbers are worth.
   _, (tokens, log_probs) = jax.lax.scan(step, reader.start(seed),
-                                        jax.random.split(key, num_words))
+                                        jax.random.uniform(key, (num_words, 2)))
   return Generated(tokens, log_probs)
 
 
@@ -190,13 +192,19 @@ def draw(logits: jax.Array, temperature: jax.Array, key: jax.Array, *, top_k: in
   Returns:
     int32[] token id.
   """
+  return _draw(logits, temperature, jax.random.uniform(key, (2,)), top_k, top_p)
+
+
+def _draw(logits: jax.Array, temperature: jax.Array, uniforms: jax.Array, top_k: int,
+          top_p: float) -> jax.Array:
+  """`draw` with its two uniforms in [0, 1) given: f32[2]."""
   scores, candidates = logits, None
   if top_k:
     scores, candidates = jax.lax.top_k(logits, top_k)
   weigh = _softmax_weights(jnp.max(scores), temperature)
   if top_p < 1:
     scores = _nucleus(scores, weigh, top_p)
-  choice = _inverse_cdf(scores, weigh, key)
+  choice = _inverse_cdf(scores, weigh, uniforms)
   return (choice if candidates is None else candidates[choice]).astype(jnp.int32)
 
 
@@ -239,8 +247,8 @@ def _float(bits: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
-def _inverse_cdf(scores: jax.Array, weigh, key: jax.Array) -> jax.Array:
-  """An index drawn with probability proportional to weigh(scores), from two uniforms: exact.
+def _inverse_cdf(scores: jax.Array, weigh, uniforms: jax.Array) -> jax.Array:
+  """An index drawn with probability proportional to weigh(scores), from uniforms: f32[2]; exact.
 
   `jax.random.categorical` draws one Gumbel number per word, several times the cost of the
   output layer's matmul at vocabulary 16k. Here the words fall into blocks of about sqrt(n):
@@ -251,14 +259,13 @@ def _inverse_cdf(scores: jax.Array, weigh, key: jax.Array) -> jax.Array:
   # reduce_window keeps the weights fused into the sums; a reshape-and-sum runs 6x slower.
   block_weights = jax.lax.reduce_window(weigh(scores), 0.0, jax.lax.add, (size,), (size,),
                                         padding=((0, -n % size),))
-  block_key, word_key = jax.random.split(key)
-  block = _search(block_weights, jax.random.uniform(block_key))
+  block = _search(block_weights, uniforms[0])
   # The last block may be short: its slice starts earlier and masks what precedes the block.
   start = jnp.minimum(block * size, n - size)
   positions = start + jnp.arange(size)
   weights = jnp.where(positions >= block * size,
                       weigh(jax.lax.dynamic_slice(scores, (start,), (size,))), 0.0)
-  return start + _search(weights, jax.random.uniform(word_key))
+  return start + _search(weights, uniforms[1])
 
 
 def _search(weights: jax.Array, u: jax.Array) -> jax.Array:
