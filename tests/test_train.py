@@ -107,6 +107,17 @@ def test_batch_metrics_match_numpy():
   assert float(metrics['count']) == 4
 
 
+def test_ties_do_not_lower_the_rank_and_non_finite_logits_never_count_as_correct():
+  logits = jnp.array([[1.0, 3.0, 3.0, 0.0],  # a tie with the label's logit: still the top guess
+                      [1e-30, 0.0, -1e30, 2e-30],  # tiny gaps and a huge one
+                      [jnp.nan, 1.0, 0.0, 0.0],  # a NaN elsewhere
+                      [jnp.inf, 1.0, 0.0, 0.0]])  # an infinite logit above the label
+  labels = jnp.array([1, 0, 1, 1])
+  metrics = train.batch_metrics(logits, labels, jnp.ones(4), jnp.zeros(4))
+  assert float(metrics['accuracy']) == 1  # only the first row: the second has 2e-30 above
+  assert float(metrics['top5_accuracy']) == 3  # every row but the NaN one
+
+
 def test_frozen_embeddings_keep_the_given_matrix(corpus):
   config = tiny_config(corpus)
   config = Config(data=config.data, train=config.train,
