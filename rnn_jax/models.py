@@ -147,19 +147,8 @@ class LSTM(nn.Module):
     time, batch = inputs.shape[:2] if ids is None else ids.shape
     dropping = not deterministic and (self.dropout > 0 or self.recurrent_dropout > 0)
     input_key, recurrent_key = jax.random.split(self.make_rng('dropout')) if dropping else (0, 0)
-
-    if ids is not None and (not dropping or self.dropout == 0) and len(inputs) < time * batch:
-      rows = matmul(inputs, kernel, self.dtype)
-    else:
-      if ids is not None:
-        inputs = inputs[ids]
-      if dropping and self.dropout > 0:
-        inputs = inputs * _dropout_mask(input_key, self.dropout, (batch, features), inputs.dtype)
-      # One matmul for every step, outside the recurrence, on 2-D operands: XLA's CPU backend
-      # runs its gradient (contracting time and batch) 3x slower when they stay 3-D.
-      rows = matmul(inputs.reshape(-1, features), kernel, self.dtype)
-      ids = jnp.arange(time * batch).reshape(time, batch)
-
+    rows, ids = self._rows(inputs, ids, kernel,
+                           input_key if dropping and self.dropout > 0 else None)
     recurrent_mask = jnp.ones((batch, self.units), rows.dtype)
     if dropping and self.recurrent_dropout > 0:
       recurrent_mask = _dropout_mask(recurrent_key, self.recurrent_dropout, (batch, self.units),
@@ -172,6 +161,24 @@ class LSTM(nn.Module):
     if self.return_sequences:
       return state, outputs if self.time_major else jnp.swapaxes(outputs, 0, 1)
     return state, state[1]
+
+  def _rows(self, inputs: Array, ids: Array | None, kernel: Array,
+            dropout_key: Array | None) -> tuple[Array, Array]:
+    """Input projections and the one each step reads: (f32[rows, 4 * units], int32[time, batch]).
+
+    A table read through `ids` without input dropout is projected row by row, when it has fewer
+    rows than there are steps; otherwise every step's input is projected, in one matmul on 2-D
+    operands (XLA's CPU backend runs its gradient 3x slower on 3-D ones).
+    """
+    if ids is not None and dropout_key is None and len(inputs) < ids.size:
+      return matmul(inputs, kernel, self.dtype), ids
+    if ids is not None:
+      inputs = inputs[ids]
+    time, batch, features = inputs.shape
+    if dropout_key is not None:
+      inputs = inputs * _dropout_mask(dropout_key, self.dropout, (batch, features), inputs.dtype)
+    rows = matmul(inputs.reshape(-1, features), kernel, self.dtype)
+    return rows, jnp.arange(time * batch).reshape(time, batch)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
