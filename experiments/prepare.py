@@ -16,7 +16,8 @@ flags.adopt_module_key_flags(config_flags)
 
 def main(argv):
   del argv
-  print(json.dumps(data.prepare(config_flags.config_from_flags()).summary()))
+  dataset = data.prepare(config_flags.config_from_flags())
+  print(json.dumps(dataset.summary() | data.leakage(dataset)))
 
 
 if __name__ == '__main__':

@@ -144,12 +144,14 @@ class Dataset:
   valid: Windows
   test: Windows  # empty when the fractions leave nothing for it
   valid_texts: list[list[int]]  # token ids of the validation texts (every kept text for 'windows')
+  duplicate_texts: int  # kept texts that repeat an earlier one word for word
 
   def summary(self) -> dict[str, int]:
     return dict(num_words=self.tokenizer.vocab_size, num_texts=self.num_texts,
                 num_kept_texts=self.num_kept_texts,
                 num_windows=len(self.train) + len(self.valid) + len(self.test),
-                num_train=len(self.train), num_valid=len(self.valid), num_test=len(self.test))
+                num_train=len(self.train), num_valid=len(self.valid), num_test=len(self.test),
+                duplicate_texts=self.duplicate_texts)
 
 
 def load_texts(config: DataConfig) -> list[str]:
@@ -175,7 +177,7 @@ def prepare(config: Config) -> Dataset:
                     'lower --training_length or --min_extra_words')
   rng = np.random.default_rng(config.seed)
   if data_config.split == 'abstracts':
-    parts = [[sequences[i] for i in part] for part in _split(len(sequences), data_config, rng)]
+    parts = _split_texts(sequences, data_config, rng)
     train, valid, test = [make_windows(part, data_config.training_length) for part in parts]
     valid_texts = parts[1]
   else:
@@ -186,7 +188,40 @@ def prepare(config: Config) -> Dataset:
   if not len(train) or not len(valid):
     raise UserError(f'{len(sequences)} kept texts are too few to split into train and '
                     'validation windows; use more data or change the fractions')
-  return Dataset(tokenizer, len(texts), len(sequences), train, valid, test, valid_texts)
+  duplicates = len(sequences) - len(set(map(tuple, sequences)))
+  return Dataset(tokenizer, len(texts), len(sequences), train, valid, test, valid_texts,
+                 duplicates)
+
+
+def _split_texts(sequences: list[list[int]], config: DataConfig,
+                 rng: np.random.Generator) -> list[list[list[int]]]:
+  """Distinct texts shuffled and cut into train, validation and test texts.
+
+  The corpus repeats some abstracts word for word: copies of a text stay in one set. Training
+  keeps every copy, as the corpus has them; validation and test hold each text once.
+  """
+  copies: dict[tuple[int, ...], list[int]] = {}  # text -> its copies, in first-seen order
+  for index, sequence in enumerate(sequences):
+    copies.setdefault(tuple(sequence), []).append(index)
+  groups = list(copies.values())
+  train, valid, test = _split(len(groups), config, rng)
+  return ([sequences[i] for group in train for i in groups[group]],
+          [sequences[groups[group][0]] for group in valid],
+          [sequences[groups[group][0]] for group in test])
+
+
+def leakage(dataset: 'Dataset') -> dict[str, float]:
+  """Shares of validation and test windows (features and label) found among training windows."""
+  seen = set(_window_bytes(dataset.train))
+  share = lambda windows: (sum(w in seen for w in _window_bytes(windows)) / len(windows)
+                           if len(windows) else 0.0)
+  return {'valid_windows_in_train': round(share(dataset.valid), 4),
+          'test_windows_in_train': round(share(dataset.test), 4)}
+
+
+def _window_bytes(windows: Windows) -> list[bytes]:
+  rows = np.lib.stride_tricks.sliding_window_view(windows.tokens, windows.length + 1)
+  return [row.tobytes() for row in rows[windows.starts]]
 
 
 def _split(num_items: int, config: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:

@@ -21,7 +21,7 @@ def test_sample_continues_seed_texts_and_writes_jsonl(trained, tmp_path):
   workdir, _ = trained
   output = tmp_path / 'samples.jsonl'
   result = run('sample', f'--workdir={workdir}', '--seed_text=alpha beta gamma delta',
-               '--seed_text=zeta UNKNOWN eta', '--num_samples=2', '--num_words=6',
+               '--seed_text=delta epsilon zeta UNKNOWN eta', '--num_samples=2', '--num_words=6',
                '--temperature=0.05', f'--output={output}')
   assert result.returncode == 0, result.stderr
   records = [json.loads(line) for line in output.read_text().splitlines()]
