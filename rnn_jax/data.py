@@ -220,8 +220,8 @@ def leakage(dataset: 'Dataset') -> dict[str, float]:
 
 
 def _window_bytes(windows: Windows) -> list[bytes]:
-  rows = np.lib.stride_tricks.sliding_window_view(windows.tokens, windows.length + 1)
-  return [row.tobytes() for row in rows[windows.starts]]
+  features, labels = windows.take(np.arange(len(windows)))
+  return [row.tobytes() for row in np.column_stack([features, labels])]
 
 
 def _split(num_items: int, config: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:

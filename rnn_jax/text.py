@@ -125,6 +125,11 @@ class Tokenizer:
   def _keeps(self, index: int) -> bool:
     return self.num_words is None or index < self.num_words
 
+  def _own_id(self, word: str) -> int | None:
+    """The word's id if it is known and within num_words, else None."""
+    index = self.word_index.get(word)
+    return index if index is not None and self._keeps(index) else None
+
   def texts_to_sequences(self, texts: Iterable[str]) -> list[list[int]]:
     """Maps each text to its list of ids.
 
@@ -134,16 +139,14 @@ class Tokenizer:
     oov = self.word_index.get(self.oov_token)
     sequences = []
     for text in texts:
-      ids = (self.word_index.get(w) for w in self.tokenize(text))
-      ids = (i if i is not None and self._keeps(i) else oov for i in ids)
+      ids = (self._own_id(w) for w in self.tokenize(text))
+      ids = (oov if i is None else i for i in ids)
       sequences.append([i for i in ids if i is not None])
     return sequences
 
   def unknown_words(self, text: str) -> list[str]:
     """Words of `text` without an id of their own (dropped, or read as the oov token), once each."""
-    unknown = (w for w in self.tokenize(text)
-               if w not in self.word_index or not self._keeps(self.word_index[w]))
-    return list(dict.fromkeys(unknown))
+    return list(dict.fromkeys(w for w in self.tokenize(text) if self._own_id(w) is None))
 
   def sequences_to_texts(self, sequences: Iterable[Sequence[int]]) -> list[str]:
     """Maps each id sequence back to its tokens joined by single spaces.
