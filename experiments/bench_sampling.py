@@ -120,4 +120,4 @@ def _ceiling(params, batch: int) -> float:
   return batch * FLAGS.num_words / seconds
 
 if __name__ == '__main__':
-  config_flags.run(main)
+  config_flags.run(main, generates=True)

@@ -10,6 +10,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from rnn_jax import allocator
 from rnn_jax.configs import Config
 from rnn_jax.errors import UserError
 
@@ -54,8 +55,13 @@ def _quiet_orbax(record: std_logging.LogRecord) -> bool:
   return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
-def run(main):
-  """app.run, with bad input reported on one line instead of a traceback."""
+def run(main, *, generates: bool = False):
+  """app.run, with bad input reported on one line instead of a traceback.
+
+  Tunes the host allocator first, before jax starts its threads, for training or, when the entry
+  point `generates` text, for generation (see `rnn_jax.allocator`).
+  """
+  allocator.keep_freed_memory(one_arena=not generates)
   def guarded(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')

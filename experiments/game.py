@@ -52,4 +52,4 @@ def _say(message: str):
 
 
 if __name__ == '__main__':
-  config_flags.run(main)
+  config_flags.run(main, generates=True)

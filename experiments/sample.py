@@ -114,4 +114,4 @@ def _write_jsonl(path: Path, records: list[dict]):
 
 
 if __name__ == '__main__':
-  config_flags.run(main)
+  config_flags.run(main, generates=True)
