@@ -136,6 +136,44 @@ def make_windows(sequences: list[list[int]], length: int) -> Windows:
 
 
 @dataclasses.dataclass(frozen=True)
+class Chunks:
+  """Texts cut into pieces of `length` tokens, each labelled with the next token at every position.
+
+  The every-position objective's training data: each word of a text (but its first) is a label
+  once per epoch, with 50 labels per forward pass instead of one. A text's last piece is short:
+  positions past its end hold 0, which is never a label and so weighs nothing.
+  """
+  tokens: np.ndarray  # int32[num_tokens + length + 1]: the texts end to end, then padding
+  starts: np.ndarray  # int64[num_chunks]: where each piece begins in `tokens`
+  ends: np.ndarray  # int64[num_chunks]: where the text of each piece ends in `tokens`
+  length: int  # tokens per piece
+
+  def __len__(self) -> int:
+    return len(self.starts)
+
+  def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns features: int32[n, length] and labels: int32[n, length] (0 past a text's end)."""
+    rows = np.lib.stride_tricks.sliding_window_view(self.tokens, self.length + 1)
+    starts = self.starts[indices]
+    inside = starts[:, None] + np.arange(self.length + 1) < self.ends[indices][:, None]
+    rows = np.where(inside, rows[starts], 0).astype(np.int32)
+    return rows[:, :-1], rows[:, 1:]
+
+
+def make_chunks(sequences: list[list[int]], length: int) -> Chunks:
+  """Every text cut into consecutive pieces of `length` tokens (and one label each)."""
+  lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+  counts = np.maximum(lengths - 2, -1) // length + 1  # pieces that hold at least one label
+  offsets = np.cumsum(lengths) - lengths
+  first_piece = np.cumsum(counts) - counts
+  piece = np.arange(counts.sum()) - np.repeat(first_piece, counts)
+  tokens = np.concatenate([np.asarray(s, np.int32) for s in sequences]
+                          + [np.zeros(length + 1, np.int32)])
+  return Chunks(tokens=tokens, starts=np.repeat(offsets, counts) + piece * length,
+                ends=np.repeat(offsets + lengths, counts), length=length)
+
+
+@dataclasses.dataclass(frozen=True)
 class Dataset:
   tokenizer: text.Tokenizer
   num_texts: int  # documents read
@@ -144,6 +182,7 @@ class Dataset:
   valid: Windows
   test: Windows  # empty when the fractions leave nothing for it
   valid_texts: list[list[int]]  # token ids of the validation texts (every kept text for 'windows')
+  train_texts: list[list[int]] | None  # token ids of the training texts; None for 'windows'
   duplicate_texts: int  # kept texts that repeat an earlier one word for word
 
   def summary(self) -> dict[str, int]:
@@ -179,18 +218,18 @@ def prepare(config: Config) -> Dataset:
   if data_config.split == 'abstracts':
     parts = _split_texts(sequences, data_config, rng)
     train, valid, test = [make_windows(part, data_config.training_length) for part in parts]
-    valid_texts = parts[1]
+    train_texts, valid_texts = parts[:2]
   else:
     windows = make_windows(sequences, data_config.training_length)
     train, valid, test = [windows.subset(part)
                           for part in _split(len(windows), data_config, rng)]
-    valid_texts = sequences
+    train_texts, valid_texts = None, sequences
   if not len(train) or not len(valid):
     raise UserError(f'{len(sequences)} kept texts are too few to split into train and '
                     'validation windows; use more data or change the fractions')
   duplicates = len(sequences) - len(set(map(tuple, sequences)))
   return Dataset(tokenizer, len(texts), len(sequences), train, valid, test, valid_texts,
-                 duplicates)
+                 train_texts, duplicates)
 
 
 def _split_texts(sequences: list[list[int]], config: DataConfig,
@@ -232,13 +271,15 @@ def _split(num_items: int, config: DataConfig, rng: np.random.Generator) -> list
   return np.split(order, np.floor(fractions * num_items + 1e-6).astype(int))
 
 
-def batches(windows: Windows, batch_size: int, *, seed: int | None = None,
+def batches(windows: Windows | Chunks, batch_size: int, *, seed: int | None = None,
             epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """Yields (features: int32[batch, length], labels: int32[batch], weights: float32[batch]).
+  """Yields (features: int32[batch, length], labels, weights) with labels and weights int32 and
+  float32 [batch] for Windows, [batch, length] for Chunks.
 
   Every batch has `batch_size` rows, so one compiled step serves them all: the last one is
-  padded with weight-0 rows. With a seed, the order is a permutation drawn from (seed, epoch)
-  alone, so any epoch's batches can be rebuilt after a restart.
+  padded with weight-0 rows. Label 0 (padding) weighs 0 too. With a seed, the order is a
+  permutation drawn from (seed, epoch) alone, so any epoch's batches can be rebuilt after a
+  restart.
   """
   if seed is None:
     order = np.arange(len(windows))
@@ -246,8 +287,8 @@ def batches(windows: Windows, batch_size: int, *, seed: int | None = None,
     order = np.random.default_rng((seed, epoch)).permutation(len(windows))
   for begin in range(0, len(order), batch_size):
     indices = order[begin:begin + batch_size]
-    weights = np.zeros(batch_size, np.float32)
-    weights[:len(indices)] = 1
+    rows = np.arange(batch_size) < len(indices)
     indices = np.pad(indices, (0, batch_size - len(indices)))
     features, labels = windows.take(indices)
-    yield features, labels, weights
+    weights = (labels != 0) & rows.reshape(-1, *[1] * (labels.ndim - 1))
+    yield features, labels, weights.astype(np.float32)

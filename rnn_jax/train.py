@@ -18,6 +18,7 @@ import optax
 
 from rnn_jax import checkpoints
 from rnn_jax import data
+from rnn_jax import ngram
 from rnn_jax.configs import Config, TrainConfig
 from rnn_jax.errors import UserError
 from rnn_jax.models import WordLSTM
@@ -55,8 +56,8 @@ def create_train_state(config: Config, vocab_size: int,
 
 def batch_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array,
                   losses: jax.Array) -> Metrics:
-  """Sums over a batch; logits: f32[batch, vocab], labels: int32[batch], weights: f32[batch]."""
-  label_logits = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  """Sums over a batch; logits: f32[*labels.shape, vocab], labels: int32[...], weights: f32[...]."""
+  label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)
   # The label's rank (0 when it is the top guess) counts the logits above it. Written with
   # max/min instead of a comparison, XLA's CPU backend fuses the count into one fast reduction
   # (8x faster); a gap below 3e-39 would count partly. A NaN logit makes the rank NaN, which
@@ -71,13 +72,17 @@ def batch_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array,
 
 def train_step(state: train_state.TrainState, batch: tuple[jax.Array, ...],
                dropout_key: jax.Array) -> tuple[train_state.TrainState, Metrics]:
-  """One Adam step on features: int32[batch, time], labels: int32[batch], weights: f32[batch]."""
+  """One Adam step on features: int32[batch, time] and labels, weights: int32, f32[batch] (the
+  word after each window) or [batch, time] (the next word at every position)."""
   features, labels, weights = batch
+  every_position = labels.ndim == 2
+  if every_position:  # the model puts time first
+    labels, weights = labels.T, weights.T
   step_key = jax.random.fold_in(dropout_key, state.step)
 
   def loss_fn(params):
     logits = state.apply_fn({'params': params}, features, deterministic=False,
-                            rngs={'dropout': step_key})
+                            every_position=every_position, rngs={'dropout': step_key})
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1), (logits, losses)
 
@@ -148,7 +153,15 @@ class Progress:
       print('\r\033[K', end='', file=sys.stderr, flush=True)
 
 
-def train_epoch(step_fn, state, windows: data.Windows, config: Config, epoch: int,
+def training_data(dataset: data.Dataset, config: Config) -> data.Windows | data.Chunks:
+  """What one epoch runs through: the training windows, or for the every-position objective
+  the training texts in pieces of a window's length."""
+  if config.train.objective == 'every':
+    return data.make_chunks(dataset.train_texts, config.data.training_length)
+  return dataset.train
+
+
+def train_epoch(step_fn, state, windows: data.Windows | data.Chunks, config: Config, epoch: int,
                 dropout_key: jax.Array) -> tuple[Any, dict[str, float]]:
   """Runs one shuffled pass; metrics stay on the device until a log step reads them."""
   batch_size = config.train.batch_size
@@ -220,13 +233,14 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = Fa
   step_fn = jax.jit(train_step, donate_argnums=0)
   eval_fn = jax.jit(eval_step)
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  train_data = training_data(dataset, config)
   try:
     for epoch in range(progress['epoch'] + 1, config.train.max_epochs + 1):
       if stopper.should_stop:
         break
       start = time.perf_counter()
-      state, train_metrics = train_epoch(step_fn, state, dataset.train, config, epoch, dropout_key)
-      val = evaluate(eval_fn, state, dataset.valid, config.train.batch_size)
+      state, train_metrics = train_epoch(step_fn, state, train_data, config, epoch, dropout_key)
+      val = evaluate(eval_fn, state, dataset.valid, config.train.eval_batch_size)
       stopper = stopper.update(val['loss'])
       record = {'epoch': epoch, 'train_loss': train_metrics['loss'],
                 'train_accuracy': train_metrics['accuracy'], 'val_loss': val['loss'],
@@ -249,21 +263,21 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = Fa
 
 def final_evaluation(workdir: Path, manager, state, dataset: data.Dataset, eval_fn,
                      config: Config) -> dict[str, Any]:
-  """Scores the best checkpoint on validation (and test) beside the naive baselines."""
+  """Scores the best checkpoint on validation (and test) beside the naive and n-gram baselines."""
   best = manager.best_step()
   state, _ = checkpoints.restore(manager, best, state)
   results = {'best_epoch': best}
   for name, windows in (('valid', dataset.valid), ('test', dataset.test)):
     if not len(windows):
       continue
-    scores = evaluate(eval_fn, state, windows, config.train.batch_size)
+    scores = evaluate(eval_fn, state, windows, config.train.eval_batch_size)
     naive = baselines(dataset.train, windows, dataset.tokenizer.vocab_size)
+    if config.data.training_length >= ngram.ORDER - 1:
+      naive |= ngram.baseline(dataset, windows)
     results[name] = scores | {'baselines': naive}
-    logging.info('Best epoch %d on %s: loss %.4f accuracy %.4f top-5 %.4f | always the most '
-                 'frequent word: accuracy %.4f | unigram sampling: accuracy %.4f loss %.4f',
-                 best, name, scores['loss'], scores['accuracy'], scores['top5_accuracy'],
-                 naive['most_frequent_accuracy'], naive['unigram_accuracy'],
-                 naive['unigram_loss'])
+    logging.info('Best epoch %d on %s: loss %.4f accuracy %.4f top-5 %.4f | baselines: %s', best,
+                 name, scores['loss'], scores['accuracy'], scores['top5_accuracy'],
+                 ' '.join(f'{key} {value:.4f}' for key, value in naive.items()))
   (workdir / checkpoints.RESULTS).write_text(json.dumps(results, indent=2))
   return results
 

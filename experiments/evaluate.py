@@ -1,0 +1,34 @@
+"""Scores a trained run on its validation or test windows beside naive and n-gram baselines.
+
+  python -m experiments.evaluate --workdir=DIR --split=test --checkpoint=best --ngram_order=4
+
+Prints a table, then the figures as one JSON line (the last line of stdout).
+"""
+
+import json
+
+from absl import flags
+
+from experiments import config_flags
+from rnn_jax import evaluation
+
+flags.DEFINE_string('workdir', None, 'The trained run to score.', required=True)
+# Strings rather than enums, so that a bad value is reported like any other bad input.
+flags.DEFINE_string('split', 'valid', "The windows to score: 'valid' or 'test'.")
+flags.DEFINE_string('checkpoint', 'best', "Which checkpoint: 'best' (lowest validation loss) "
+                    "or 'latest'.")
+flags.DEFINE_integer('ngram_order', 4, 'Order of the Kneser-Ney baseline: it reads the last '
+                     'ngram_order - 1 tokens of each window.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  results = evaluation.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
+                                    FLAGS.ngram_order)
+  print(evaluation.table(results))
+  print(json.dumps(results))
+
+
+if __name__ == '__main__':
+  config_flags.run(main)

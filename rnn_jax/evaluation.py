@@ -1,0 +1,123 @@
+"""Scores a trained run on its validation or test windows beside naive and n-gram baselines.
+
+The model's figures come from the code that scores it during training (`train.evaluate` with
+`train.eval_step`); the baselines see only the training data and are scored on the same windows:
+the walkthrough's two naive guesses (`train.baselines`) and an interpolated Kneser-Ney n-gram
+model that reads the last order-1 tokens of each window.
+"""
+
+import math
+from pathlib import Path
+import time
+from typing import Any
+
+from absl import logging
+from flax.training import train_state
+import jax
+import numpy as np
+import optax
+
+from rnn_jax import checkpoints
+from rnn_jax import data
+from rnn_jax import ngram
+from rnn_jax import train
+from rnn_jax.errors import UserError
+
+BATCH_SIZE = 2048  # windows per jitted evaluation step, the last batch padded
+PROGRESS_EVERY = 5  # batches between progress lines; each line waits for the device
+
+
+def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'best',
+                 ngram_order: int = ngram.ORDER) -> dict[str, Any]:
+  """Scores a run's checkpoint on one split, rebuilt from the work dir alone.
+
+  Returns a flat dict: what was scored (split, checkpoint, epoch, workdir, num_windows), the
+  model's loss, perplexity, accuracy and top5_accuracy, the naive baselines (baseline_*) and the
+  Kneser-Ney baseline (ngram_order, kneser_ney_*).
+  """
+  if split not in ('valid', 'test'):
+    raise UserError(f"split: 'valid' or 'test', not {split!r}")
+  config, tokenizer, model, params = train.load(workdir, checkpoint)
+  ngram.check_order(ngram_order, config.data.training_length)
+  dataset = data.prepare(config)
+  # The same config and seed give the same split only from the same texts.
+  if dataset.tokenizer.word_index != tokenizer.word_index:
+    raise UserError(f'the data changed since the run in {workdir} was trained (another '
+                    'vocabulary), so its windows cannot be rebuilt')
+  windows = getattr(dataset, split)
+  if not len(windows):
+    raise UserError(f'the run in {workdir} has no {split} windows (its train and validation '
+                    'fractions leave none)')
+  # eval_step reads only the model and its params: an optimizer without state stands in.
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optax.identity())
+  eval_fn = _with_progress(jax.jit(train.eval_step), len(windows))
+  scores = train.evaluate(eval_fn, state, windows, BATCH_SIZE)
+  return ({'split': split, 'checkpoint': checkpoint, 'epoch': _epoch(workdir, checkpoint),
+           'workdir': str(Path(workdir).absolute()), 'num_windows': len(windows)}
+          | scores
+          | naive_baselines(dataset.train, windows, dataset.tokenizer.vocab_size)
+          | {'ngram_order': ngram_order}
+          | ngram.baseline(dataset, windows, ngram_order))
+
+
+def naive_baselines(train_windows: data.Windows, windows: data.Windows,
+                    vocab_size: int) -> dict[str, float]:
+  """`train.baselines` as baseline_* keys: most_frequent_accuracy, unigram_accuracy and _loss."""
+  return {f'baseline_{name}': float(value)
+          for name, value in train.baselines(train_windows, windows, vocab_size).items()}
+
+
+def table(results: dict[str, Any]) -> str:
+  """The figures of `evaluate_run` side by side, one row per figure, a column per model."""
+  columns = {
+      'rnn-jax': (results['loss'], results['perplexity'], results['accuracy'],
+                  results['top5_accuracy']),
+      'most frequent': (None, None, results['baseline_most_frequent_accuracy'], None),
+      'unigram': (results['baseline_unigram_loss'], math.exp(results['baseline_unigram_loss']),
+                  results['baseline_unigram_accuracy'], None),
+      f'Kneser-Ney {results["ngram_order"]}-gram': (
+          results['kneser_ney_loss'], math.exp(results['kneser_ney_loss']),
+          results['kneser_ney_accuracy'], None),
+  }
+  rows = (('log loss', '{:.4f}'), ('perplexity', '{:,.2f}'), ('accuracy', '{:.2%}'),
+          ('top-5 accuracy', '{:.2%}'))
+  cells = {name: ['-' if value is None else form.format(value)
+                  for value, (_, form) in zip(values, rows)]
+           for name, values in columns.items()}
+  widths = {name: max(len(name), *map(len, column)) for name, column in cells.items()}
+  label_width = max(len(label) for label, _ in rows)
+  lines = [' ' * label_width + ''.join(f'   {name:>{widths[name]}}' for name in cells)]
+  for i, (label, _) in enumerate(rows):
+    lines.append(f'{label:<{label_width}}' +
+                 ''.join(f'   {column[i]:>{widths[name]}}' for name, column in cells.items()))
+  heading = (f'{results["workdir"]}: {results["checkpoint"]} checkpoint (epoch '
+             f'{results["epoch"]}) on {results["num_windows"]:,} {results["split"]} windows')
+  return '\n'.join([heading, *lines])
+
+
+def _epoch(workdir: str | Path, checkpoint: str) -> int:
+  """The epoch after which the best or latest checkpoint was saved."""
+  manager = checkpoints.manager(workdir)
+  try:
+    return manager.best_step() if checkpoint == 'best' else manager.latest_step()
+  finally:
+    manager.close()
+
+
+def _with_progress(eval_fn, num_windows: int):
+  """eval_fn, logging the share of windows scored every PROGRESS_EVERY batches."""
+  num_batches = -(-num_windows // BATCH_SIZE)
+  start, calls = time.perf_counter(), 0
+
+  def step(state, batch):
+    nonlocal calls
+    metrics = eval_fn(state, batch)
+    calls += 1
+    if calls % PROGRESS_EVERY == 0:
+      # Dispatch runs ahead of the device: wait, so the line reports work done.
+      jax.block_until_ready(metrics)
+      rate = calls * BATCH_SIZE / (time.perf_counter() - start)
+      logging.info('Scored batch %d/%d (%.0f windows/s)', calls, num_batches, rate)
+    return metrics
+
+  return step

@@ -1,0 +1,188 @@
+"""Tests for rnn_jax.evaluation and experiments.evaluate: figures against hand computations."""
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rnn_jax import checkpoints
+from rnn_jax import data
+from rnn_jax import evaluation
+from rnn_jax import ngram
+from rnn_jax import train
+from rnn_jax.configs import Config, DataConfig
+from rnn_jax.errors import UserError
+
+from conftest import tiny_config
+
+REPO = Path(__file__).parents[1]
+REQUIRED_KEYS = {'loss', 'perplexity', 'accuracy', 'top5_accuracy', 'num_windows',
+                 'baseline_most_frequent_accuracy', 'baseline_unigram_accuracy',
+                 'kneser_ney_loss', 'kneser_ney_accuracy', 'split', 'checkpoint', 'epoch',
+                 'workdir'}
+
+
+def untrained_run(workdir: Path, config: Config) -> Path:
+  """A work dir as training leaves it, its only checkpoint the initial params as epoch 1."""
+  dataset = data.prepare(config)
+  checkpoints.start_run(workdir, config, dataset.tokenizer)
+  manager = checkpoints.manager(workdir)
+  state = train.create_train_state(config, dataset.tokenizer.vocab_size)
+  checkpoints.save(manager, 1, state, {'epoch': 1}, val_loss=1.0)
+  manager.wait_until_finished()
+  manager.close()
+  return workdir
+
+
+def hand_scores(workdir: Path, split: str) -> dict[str, float]:
+  """The model's figures over every window of the split, from its logits in float64."""
+  config, _, model, params = train.load(workdir)
+  windows = getattr(data.prepare(config), split)
+  features, labels = windows.take(np.arange(len(windows)))
+  logits = np.asarray(model.apply({'params': params}, features, deterministic=True), np.float64)
+  shifted = logits - logits.max(axis=1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+  top5 = np.argsort(-logits, axis=1, kind='stable')[:, :5]
+  loss = -log_probs[np.arange(len(labels)), labels].mean()
+  return {'loss': loss, 'perplexity': math.exp(loss),
+          'accuracy': np.mean(logits.argmax(axis=1) == labels),
+          'top5_accuracy': np.mean((top5 == labels[:, None]).any(axis=1)),
+          'num_windows': len(labels)}
+
+
+@pytest.mark.parametrize('split', ['valid', 'test'])
+def test_trained_run_scores_as_computed_by_hand(trained, split):
+  workdir, results = trained
+  scores = evaluation.evaluate_run(workdir, split)
+  expected = hand_scores(workdir, split)
+  assert {k: scores[k] for k in expected} == pytest.approx(expected, rel=1e-5)
+  assert (scores['split'], scores['checkpoint'], scores['epoch']) == (
+      split, 'best', results['best_epoch'])
+  # Training's final evaluation scored the same checkpoint in smaller batches.
+  assert scores['loss'] == pytest.approx(results[split]['loss'], rel=1e-5)
+
+
+def test_untrained_run_scores_as_computed_by_hand(corpus, tmp_path):
+  # Random params leave accuracy, top-5 and loss far apart, where the trained model is ~perfect.
+  workdir = untrained_run(tmp_path, tiny_config(corpus))
+  scores = evaluation.evaluate_run(workdir, checkpoint='latest')
+  expected = hand_scores(workdir, 'valid')
+  assert 0 < expected['accuracy'] < expected['top5_accuracy'] < 1
+  assert {k: scores[k] for k in expected} == pytest.approx(expected, rel=1e-5)
+  assert scores['epoch'] == 1
+
+
+def test_naive_baselines_by_hand():
+  train_windows = data.make_windows([[1, 2, 2, 2, 3, 2]], length=1)  # labels 2 2 2 3 2
+  eval_windows = data.make_windows([[4, 2, 3, 3, 1]], length=1)  # labels 2 3 3 1
+  scores = evaluation.naive_baselines(train_windows, eval_windows, vocab_size=5)
+  # Always "2": right once in 4. Drawing 2 (p=4/5) or 3 (p=1/5): 4/5 * 1/4 + 1/5 * 2/4.
+  # Add-one smoothing over 5 ids and 5 training labels: p(1)=1/10, p(2)=5/10, p(3)=2/10.
+  assert scores == pytest.approx({
+      'baseline_most_frequent_accuracy': 0.25,
+      'baseline_unigram_accuracy': 0.3,
+      'baseline_unigram_loss': -(math.log(0.5) + 2 * math.log(0.2) + math.log(0.1)) / 4})
+
+
+@pytest.fixture(scope='module')
+def random_corpus(tmp_path_factory) -> Path:
+  """Texts of random words: n-gram contexts that are often unseen or ambiguous."""
+  rng = np.random.default_rng(1)
+  words = [f'w{i}' for i in range(12)]
+  lines = [' '.join(rng.choice(words, size=rng.integers(6, 20))) for _ in range(30)]
+  path = tmp_path_factory.mktemp('random') / 'random.txt'
+  path.write_text('\n'.join(lines))
+  return path
+
+
+def last_tokens(windows: data.Windows, order: int) -> tuple[np.ndarray, np.ndarray]:
+  features, labels = windows.take(np.arange(len(windows)))
+  return features[:, features.shape[1] - (order - 1):], labels
+
+
+@pytest.mark.parametrize('order', [1, 2, 4])
+@pytest.mark.parametrize('split', ['abstracts', 'windows'])
+def test_ngram_baseline_is_kneser_ney_of_the_training_data(random_corpus, split, order):
+  config = Config(data=DataConfig(data=str(random_corpus), training_length=4, min_extra_words=0,
+                                  split=split))
+  dataset = data.prepare(config)
+  if split == 'abstracts':
+    train_events = ngram.events(dataset.train_texts, order)
+  else:
+    assert dataset.train_texts is None
+    train_events = last_tokens(dataset.train, order)
+  model = ngram.KneserNey.fit(*train_events, dataset.tokenizer.vocab_size, discount=0.75)
+  expected = model.score(*last_tokens(dataset.valid, order))
+  scores = ngram.baseline(dataset, dataset.valid, order)
+  assert scores == pytest.approx({'kneser_ney_loss': expected['loss'],
+                                  'kneser_ney_accuracy': expected['accuracy']}, rel=1e-12)
+  assert 0 < scores['kneser_ney_accuracy'] < 1
+
+
+@pytest.mark.parametrize('order, message', [(0, 'ngram_order must be >= 1, got 0'),
+                                            (6, 'a 6-gram model reads 5 tokens')])
+def test_ngram_baseline_refuses_orders_the_windows_cannot_serve(random_corpus, order, message):
+  config = Config(data=DataConfig(data=str(random_corpus), training_length=4, min_extra_words=0))
+  dataset = data.prepare(config)
+  with pytest.raises(UserError, match=message):
+    ngram.baseline(dataset, dataset.valid, order)
+
+
+def test_evaluate_run_refuses_bad_choices(trained):
+  workdir, _ = trained
+  with pytest.raises(UserError, match="split: 'valid' or 'test', not 'train'"):
+    evaluation.evaluate_run(workdir, split='train')
+  with pytest.raises(UserError, match="'best' or 'latest', not 'first'"):
+    evaluation.evaluate_run(workdir, checkpoint='first')
+
+
+def test_evaluate_run_refuses_a_run_whose_data_changed(corpus, tmp_path):
+  copy = tmp_path / 'corpus.txt'
+  copy.write_text(corpus.read_text())
+  workdir = untrained_run(tmp_path / 'run', tiny_config(copy))
+  copy.write_text(corpus.read_text() + '\nomega ' * 10)
+  with pytest.raises(UserError, match='the data changed since the run'):
+    evaluation.evaluate_run(workdir)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, '-m', 'experiments.evaluate', *args], cwd=REPO,
+                        capture_output=True, text=True)
+
+
+def test_cli_prints_a_table_and_the_figures_as_json(trained):
+  workdir, _ = trained
+  result = run_cli(f'--workdir={workdir}', '--split=valid')
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.strip().splitlines()
+  printed = json.loads(lines[-1])
+  assert REQUIRED_KEYS <= set(printed)
+  expected = evaluation.evaluate_run(workdir, 'valid')
+  assert printed.keys() == expected.keys()
+  for key, value in expected.items():
+    assert printed[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-6))
+  assert lines[1].split() == ['rnn-jax', 'most', 'frequent', 'unigram', 'Kneser-Ney', '4-gram']
+  assert [line[:14] for line in lines[2:6]] == [
+      'log loss      ', 'perplexity    ', 'accuracy      ', 'top-5 accuracy']
+
+
+def test_cli_reports_bad_input_on_one_line(trained, corpus, tmp_path):
+  workdir, _ = trained
+  no_test = dataclasses.replace(tiny_config(corpus).data, valid_fraction=0.2)
+  no_test_run = untrained_run(tmp_path / 'no_test', Config(data=no_test))
+  for args, message in [
+      ([f'--workdir={workdir}', '--split=nope'], "split: 'valid' or 'test', not 'nope'"),
+      ([f'--workdir={tmp_path}'], f'{tmp_path} holds no run'),
+      ([f'--workdir={no_test_run}', '--split=test'], f'the run in {no_test_run} has no test'),
+  ]:
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert errors == [result.stderr.strip().splitlines()[-1]]
+    assert errors[0].startswith(f'error: {message}')
+    assert 'Traceback' not in result.stderr
