@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import config_flags
+from rnn_jax import models
 from rnn_jax import sampling
 from rnn_jax import train
 
@@ -107,7 +108,7 @@ def _naive(model, params, prompt: np.ndarray) -> float:
 
 def _ceiling(params, batch: int) -> float:
   """--num_words output-layer matmuls in one compiled loop, as the generator runs them."""
-  kernel = params['logits']['kernel']
+  kernel = models.output_kernel(params)
   hidden = jnp.ones((batch, kernel.shape[0]), kernel.dtype)
 
   @jax.jit

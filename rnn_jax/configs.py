@@ -9,6 +9,7 @@ from rnn_jax.errors import UserError
 WALKTHROUGH_FILTERS = '!"%;[\\]^_`{|}~\t\n'  # case-kept, trainable-embedding runs
 GLOVE_FILTERS = '!"#$%&()*+/:<=>@[\\]^_`{|}~\t\n'  # lower-case, pre-trained runs
 SPLITS = ('abstracts', 'windows')
+OBJECTIVES = ('last', 'every')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 # How long to train may change when a run resumes; everything else is the run's own.
 RESUMABLE = ('max_epochs', 'patience', 'min_delta', 'log_every')
@@ -58,6 +59,7 @@ class ModelConfig:
   dense_units: int = 128  # width of the relu layer after the LSTM
   dense_dropout: float = 0.5  # dropout after the relu layer
   compute_dtype: str = 'float32'  # 'bfloat16': big matmuls take bfloat16 inputs, sums stay float32
+  tie_embeddings: bool = False  # the output layer reuses the embedding matrix (dense = embedding)
 
   def __post_init__(self):
     for name in ('embedding_dim', 'lstm_layers', 'lstm_units', 'dense_units'):
@@ -67,13 +69,18 @@ class ModelConfig:
                f'{name} must be in [0, 1), got {getattr(self, name)}')
     _require(self.compute_dtype in COMPUTE_DTYPES,
              f'compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}')
+    _require(not self.tie_embeddings or self.dense_units == self.embedding_dim,
+             f'tie_embeddings needs dense_units == embedding_dim, got {self.dense_units} and '
+             f'{self.embedding_dim}')
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   learning_rate: float = 1e-3  # Adam step size
   clip_norm: float = 0.0  # clip gradients to this global norm; 0 turns clipping off
-  batch_size: int = 2048  # windows per step (training and evaluation)
+  batch_size: int = 2048  # windows (or, for objective 'every', text pieces) per training step
+  eval_batch_size: int = 2048  # windows per evaluation step
+  objective: str = 'last'  # 'last': the word after each window; 'every': the next word everywhere
   max_epochs: int = 150  # stop after this many epochs at the latest
   patience: int = 5  # epochs without a val_loss improvement before stopping early
   min_delta: float = 0.0  # smallest val_loss decrease that counts as an improvement
@@ -82,7 +89,9 @@ class TrainConfig:
   def __post_init__(self):
     _require(self.learning_rate > 0, f'learning_rate must be > 0, got {self.learning_rate}')
     _require(self.clip_norm >= 0, f'clip_norm must be >= 0, got {self.clip_norm}')
-    for name in ('batch_size', 'max_epochs', 'log_every'):
+    _require(self.objective in OBJECTIVES,
+             f'objective must be one of {OBJECTIVES}, got {self.objective!r}')
+    for name in ('batch_size', 'eval_batch_size', 'max_epochs', 'log_every'):
       _require(getattr(self, name) >= 1, f'{name} must be >= 1, got {getattr(self, name)}')
     _require(self.patience >= 0, f'patience must be >= 0, got {self.patience}')
     _require(self.min_delta >= 0, f'min_delta must be >= 0, got {self.min_delta}')
@@ -94,6 +103,14 @@ class Config:
   data: DataConfig = DataConfig()
   model: ModelConfig = ModelConfig()
   train: TrainConfig = TrainConfig()
+
+  def __post_init__(self):
+    if self.train.objective == 'every':
+      _require(self.data.split == 'abstracts',
+               "objective 'every' trains on whole texts: it needs split 'abstracts'")
+      _require(not self.model.bidirectional,
+               "objective 'every' predicts each next word from the words before it: a "
+               'bidirectional model would read the answer')
 
   def flat(self) -> dict[str, Any]:
     """Every hyperparameter by its name (names are unique across sections; flags use them)."""

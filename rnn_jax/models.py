@@ -14,7 +14,7 @@ every layer's state, for stateful decoding. Its parameter tree is
   params['params']['lstm_{i}']['kernel' | 'recurrent_kernel' | 'bias']
   params['params']['lstm_{last}_reverse'][...]    (bidirectional only)
   params['params']['dense']['kernel' | 'bias']
-  params['params']['logits']['kernel' | 'bias']
+  params['params']['logits']['kernel' | 'bias']  (only 'bias' with tied embeddings)
 
 To start from pre-trained word vectors, replace
 `params['params']['embed']['embedding']` after `init` with a matrix of the
@@ -235,15 +235,18 @@ class WordLSTM(nn.Module):
   vocab_size: int
 
   @nn.compact
-  def __call__(self, tokens: Array, *, deterministic: bool) -> Array:
+  def __call__(self, tokens: Array, *, deterministic: bool, every_position: bool = False) -> Array:
     """Scores every word as the next one after each window.
 
     Args:
       tokens: int32[batch, time] word ids; 0 is padding when `mask_zero`.
       deterministic: if True, no dropout (and no 'dropout' rng is needed).
+      every_position: score the next word after every position, not only after the last
+        (unidirectional models only).
 
     Returns:
-      Logits f32[batch, vocab_size] (no softmax).
+      Logits f32[batch, vocab_size] (no softmax); with `every_position`, f32[time, batch,
+      vocab_size], time first as the recurrence runs (a transpose would copy them all).
     """
     cfg = self.config
     # Time first from the token ids on: the recurrence runs time-major, and transposing int ids
@@ -266,16 +269,41 @@ class WordLSTM(nn.Module):
       _, x = lstm(f'lstm_{i}', return_sequences=True)(x, mask, ids=ids,
                                                        deterministic=deterministic)
       ids = None
-    _, h = lstm(f'lstm_{last}')(x, mask, ids=ids, deterministic=deterministic)
+    _, h = lstm(f'lstm_{last}', return_sequences=every_position)(
+        x, mask, ids=ids, deterministic=deterministic)
     if cfg.bidirectional:
       _, h_backward = lstm(f'lstm_{last}_reverse', reverse=True)(
           x, mask, ids=ids, deterministic=deterministic)
       h = jnp.concatenate([h, h_backward], axis=-1)
+    # Rows of a matrix: XLA's CPU backend runs the gradients of 3-D matmuls 3x slower.
+    rows = h.reshape(-1, h.shape[-1])
 
     h = nn.Dense(cfg.dense_units, kernel_init=nn.initializers.glorot_uniform(),
-                 name='dense')(h)
+                 name='dense')(rows)
     h = nn.Dropout(cfg.dense_dropout)(nn.relu(h), deterministic=deterministic)
-    return Affine(self.vocab_size, dtype=dtype, name='logits')(h)
+    if cfg.tie_embeddings:
+      logits = TiedLogits(self.vocab_size, dtype=dtype, name='logits')(h, embed.embedding)
+    else:
+      logits = Affine(self.vocab_size, dtype=dtype, name='logits')(h)
+    return logits.reshape(*tokens.shape, -1) if every_position else logits
+
+
+class TiedLogits(nn.Module):
+  """Logits from the embedding matrix itself (transposed) and a bias of their own."""
+  features: int
+  dtype: Dtype = jnp.float32  # the matmuls' operands
+
+  @nn.compact
+  def __call__(self, x: Array, embedding: Array) -> Array:
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    return affine(x, embedding.T, bias, self.dtype)
+
+
+def output_kernel(params) -> Array:
+  """The output layer's kernel f32[dense_units, vocab]: its own, or the tied embedding's."""
+  if 'kernel' in params['logits']:
+    return params['logits']['kernel']
+  return params['embed']['embedding'].T
 
 
 def initial_stack(config: ModelConfig, batch_shape: tuple[int, ...] = ()) -> Stack:
@@ -310,6 +338,6 @@ def advance(params, config: ModelConfig, stack: Stack, tokens: Array) -> Stack:
 
 def readout(params, h: Array) -> Array:
   """Next-word logits f32[*batch, vocab] from the last layer's h: f32[*batch, lstm_units]."""
-  dense, logits = params['dense'], params['logits']
+  dense = params['dense']
   hidden = nn.relu(h @ dense['kernel'] + dense['bias'])
-  return affine(hidden, logits['kernel'], logits['bias'])
+  return affine(hidden, output_kernel(params), params['logits']['bias'])
