@@ -58,13 +58,14 @@ class ModelConfig:
   recurrent_dropout: float = 0.1  # LSTM hidden-state dropout, one mask per sequence (Keras)
   dense_units: int = 128  # width of the relu layer after the LSTM
   dense_dropout: float = 0.5  # dropout after the relu layer
+  embedding_dropout: float = 0.0  # drop whole words: rows of the input embedding, per step
   compute_dtype: str = 'float32'  # 'bfloat16': big matmuls take bfloat16 inputs, sums stay float32
   tie_embeddings: bool = False  # the output layer reuses the embedding matrix (dense = embedding)
 
   def __post_init__(self):
     for name in ('embedding_dim', 'lstm_layers', 'lstm_units', 'dense_units'):
       _require(getattr(self, name) >= 1, f'{name} must be >= 1, got {getattr(self, name)}')
-    for name in ('dropout', 'recurrent_dropout', 'dense_dropout'):
+    for name in ('dropout', 'recurrent_dropout', 'dense_dropout', 'embedding_dropout'):
       _require(0 <= getattr(self, name) < 1,
                f'{name} must be in [0, 1), got {getattr(self, name)}')
     _require(self.compute_dtype in COMPUTE_DTYPES,
@@ -78,6 +79,7 @@ class ModelConfig:
 class TrainConfig:
   learning_rate: float = 1e-3  # Adam step size
   clip_norm: float = 0.0  # clip gradients to this global norm; 0 turns clipping off
+  weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0 is the walkthrough's plain Adam
   batch_size: int = 2048  # windows (or, for objective 'every', text pieces) per training step
   eval_batch_size: int = 2048  # windows per evaluation step
   objective: str = 'last'  # 'last': the word after each window; 'every': the next word everywhere
@@ -89,6 +91,7 @@ class TrainConfig:
   def __post_init__(self):
     _require(self.learning_rate > 0, f'learning_rate must be > 0, got {self.learning_rate}')
     _require(self.clip_norm >= 0, f'clip_norm must be >= 0, got {self.clip_norm}')
+    _require(self.weight_decay >= 0, f'weight_decay must be >= 0, got {self.weight_decay}')
     _require(self.objective in OBJECTIVES,
              f'objective must be one of {OBJECTIVES}, got {self.objective!r}')
     for name in ('batch_size', 'eval_batch_size', 'max_epochs', 'log_every'):

@@ -264,6 +264,10 @@ class WordLSTM(nn.Module):
 
     # The first layer reads its inputs as rows of the word vectors.
     x, ids = embed.embedding, tokens
+    if cfg.embedding_dropout and not deterministic:
+      # A dropped word is dropped at every position of the batch (AWD-LSTM's embedding dropout).
+      x = x * _dropout_mask(self.make_rng('dropout'), cfg.embedding_dropout,
+                            (self.vocab_size, 1), x.dtype)
     last = cfg.lstm_layers - 1
     for i in range(last):
       _, x = lstm(f'lstm_{i}', return_sequences=True)(x, mask, ids=ids,

@@ -28,7 +28,10 @@ KERAS_ADAM_EPSILON = 1e-7  # the walkthrough's Adam; optax defaults to 1e-8
 
 
 def make_optimizer(config: TrainConfig, trainable_embeddings: bool) -> optax.GradientTransformation:
-  optimizer = optax.adam(config.learning_rate, eps=KERAS_ADAM_EPSILON)
+  # Without decay, plain Adam: its state is what runs saved before weight decay existed hold.
+  optimizer = (optax.adamw(config.learning_rate, eps=KERAS_ADAM_EPSILON,
+                           weight_decay=config.weight_decay) if config.weight_decay
+               else optax.adam(config.learning_rate, eps=KERAS_ADAM_EPSILON))
   if config.clip_norm:
     optimizer = optax.chain(optax.clip_by_global_norm(config.clip_norm), optimizer)
   if trainable_embeddings:

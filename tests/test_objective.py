@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import tiny_config
@@ -101,3 +102,34 @@ def test_every_position_training_learns_the_cycle(corpus, tmp_path):
       config.model, embedding_dim=16, dense_units=16, tie_embeddings=True))
   results = train.train_and_evaluate(config, tmp_path)
   assert results['valid']['accuracy'] > 0.9
+
+
+def test_embedding_dropout_drops_whole_words():
+  config = dataclasses.replace(SMALL, dropout=0, recurrent_dropout=0, dense_dropout=0,
+                               embedding_dropout=0.5)
+  model = models.WordLSTM(config, 200)
+  tokens = np.tile(np.arange(1, 200, dtype=np.int32), (2, 1))  # every word, twice
+  params = model.init(jax.random.key(0), tokens, deterministic=True)
+
+  def loss(params):
+    logits = model.apply(params, tokens, deterministic=False, rngs={'dropout': jax.random.key(3)})
+    return jnp.sum(logits)
+
+  rows = np.abs(jax.grad(loss)(params)['params']['embed']['embedding'][1:]).sum(axis=1)
+  dropped = rows == 0
+  # A dropped word gets no gradient from any of its positions; about half are dropped.
+  assert 60 < dropped.sum() < 140
+  assert np.all(rows[~dropped] > 0)
+  deterministic = model.apply(params, tokens, deterministic=True)
+  unregularised = dataclasses.replace(config, embedding_dropout=0)
+  np.testing.assert_array_equal(
+      deterministic, models.WordLSTM(unregularised, 200).apply(params, tokens, deterministic=True))
+
+
+def test_weight_decay_shrinks_weights_without_gradient():
+  params = {'w': jnp.ones(3)}
+  zero = {'w': jnp.zeros(3)}
+  for decay, expected in ((0.0, 1.0), (0.1, 1 - 1e-2 * 0.1)):
+    optimizer = train.make_optimizer(TrainConfig(learning_rate=1e-2, weight_decay=decay), True)
+    updates, _ = optimizer.update(zero, optimizer.init(params), params)
+    np.testing.assert_allclose(optax.apply_updates(params, updates)['w'], expected, rtol=1e-6)
