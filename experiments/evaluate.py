@@ -19,13 +19,15 @@ flags.DEFINE_string('checkpoint', 'best', "Which checkpoint: 'best' (lowest vali
                     "or 'latest'.")
 flags.DEFINE_integer('ngram_order', 4, 'Order of the Kneser-Ney baseline: it reads the last '
                      'ngram_order - 1 tokens of each window.')
+flags.DEFINE_bool('mixture', False, "Also score the model's distribution mixed with the "
+                  "n-gram's, the mixing weight chosen on validation.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   results = evaluation.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
-                                    FLAGS.ngram_order)
+                                    FLAGS.ngram_order, FLAGS.mixture)
   print(evaluation.table(results))
   print(json.dumps(results))
 

@@ -6,6 +6,7 @@ the walkthrough's two naive guesses (`train.baselines`) and an interpolated Knes
 model that reads the last order-1 tokens of each window.
 """
 
+import functools
 import math
 from pathlib import Path
 import time
@@ -14,6 +15,7 @@ from typing import Any
 from absl import logging
 from flax.training import train_state
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -22,18 +24,22 @@ from rnn_jax import data
 from rnn_jax import ngram
 from rnn_jax import train
 from rnn_jax.errors import UserError
+from rnn_jax.models import WordLSTM
 
 BATCH_SIZE = 2048  # windows per jitted evaluation step, the last batch padded
 PROGRESS_EVERY = 5  # batches between progress lines; each line waits for the device
+WEIGHTS = np.linspace(0, 1, 21)  # the model's share in a mixture with the n-gram, tried on valid
+MIXTURE_BATCH = 1024  # windows per mixture step: two f32[batch, vocab] distributions at a time
 
 
 def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'best',
-                 ngram_order: int = ngram.ORDER) -> dict[str, Any]:
+                 ngram_order: int = ngram.ORDER, mixture: bool = False) -> dict[str, Any]:
   """Scores a run's checkpoint on one split, rebuilt from the work dir alone.
 
   Returns a flat dict: what was scored (split, checkpoint, epoch, workdir, num_windows), the
   model's loss, perplexity, accuracy and top5_accuracy, the naive baselines (baseline_*) and the
-  Kneser-Ney baseline (ngram_order, kneser_ney_*).
+  Kneser-Ney baseline (ngram_order, kneser_ney_*); with `mixture`, the model mixed with the
+  n-gram (`interpolate`: mixture_weight, mixture_loss, mixture_accuracy).
   """
   if split not in ('valid', 'test'):
     raise UserError(f"split: 'valid' or 'test', not {split!r}")
@@ -52,12 +58,17 @@ def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'b
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optax.identity())
   eval_fn = _with_progress(jax.jit(train.eval_step), len(windows))
   scores = train.evaluate(eval_fn, state, windows, BATCH_SIZE)
-  return ({'split': split, 'checkpoint': checkpoint, 'epoch': _epoch(workdir, checkpoint),
-           'workdir': str(Path(workdir).absolute()), 'num_windows': len(windows)}
-          | scores
-          | naive_baselines(dataset.train, windows, dataset.tokenizer.vocab_size)
-          | {'ngram_order': ngram_order}
-          | ngram.baseline(dataset, windows, ngram_order))
+  results = ({'split': split, 'checkpoint': checkpoint, 'epoch': _epoch(workdir, checkpoint),
+              'workdir': str(Path(workdir).absolute()), 'num_windows': len(windows)}
+             | scores
+             | naive_baselines(dataset.train, windows, dataset.tokenizer.vocab_size)
+             | {'ngram_order': ngram_order}
+             | ngram.baseline(dataset, windows, ngram_order))
+  if mixture:
+    mixed = interpolate(model, params, dataset, ngram_order)
+    results |= {'mixture_weight': mixed['weight'], 'mixture_loss': mixed[split]['loss'],
+                'mixture_accuracy': mixed[split]['accuracy']}
+  return results
 
 
 def naive_baselines(train_windows: data.Windows, windows: data.Windows,
@@ -65,6 +76,54 @@ def naive_baselines(train_windows: data.Windows, windows: data.Windows,
   """`train.baselines` as baseline_* keys: most_frequent_accuracy, unigram_accuracy and _loss."""
   return {f'baseline_{name}': float(value)
           for name, value in train.baselines(train_windows, windows, vocab_size).items()}
+
+
+def interpolate(model: WordLSTM, params: Any, dataset: data.Dataset,
+                order: int = ngram.ORDER) -> dict[str, Any]:
+  """The model's next-word distribution mixed with the n-gram's, weight p + (1 - weight) q.
+
+  The weight is the one of WEIGHTS with the lowest validation loss; the figures at that weight
+  follow for validation and, where the run has one, test.
+  """
+  ngram.check_order(order, dataset.valid.length)
+  kneser_ney = ngram.fit_baseline(dataset, order)
+  results = {name: _mixture_scores(model, params, kneser_ney, windows, order)
+             for name, windows in (('valid', dataset.valid), ('test', dataset.test))
+             if len(windows)}
+  best = int(np.argmin(results['valid']['loss']))
+  return {'weight': round(float(WEIGHTS[best]), 2)} | {
+      name: {'loss': float(scores['loss'][best]), 'accuracy': float(scores['accuracy'][best])}
+      for name, scores in results.items()}
+
+
+def _mixture_scores(model, params, kneser_ney: ngram.KneserNey, windows: data.Windows,
+                    order: int) -> dict[str, np.ndarray]:
+  """Mean loss and accuracy of the mixture at each of WEIGHTS: f64[len(WEIGHTS)] each."""
+  contexts, _ = ngram.window_contexts(windows, order)
+  loss, correct = np.zeros(len(WEIGHTS)), np.zeros(len(WEIGHTS))
+  for begin in range(0, len(windows), MIXTURE_BATCH):
+    indices = np.arange(begin, min(begin + MIXTURE_BATCH, len(windows)))
+    features, labels = windows.take(indices)
+    ngram_probs = np.exp(kneser_ney.log_probs(contexts[indices]))
+    batch_loss, batch_correct = jax.device_get(
+        _mixture_sums(model, params, features, labels, ngram_probs, WEIGHTS))
+    loss += batch_loss
+    correct += batch_correct
+  return {'loss': loss / len(windows), 'accuracy': correct / len(windows)}
+
+
+@functools.partial(jax.jit, static_argnames='model')
+def _mixture_sums(model, params, features, labels, ngram_probs, weights):
+  model_probs = jax.nn.softmax(model.apply({'params': params}, features, deterministic=True))
+
+  def sums(weight):
+    mixture = weight * model_probs + (1 - weight) * ngram_probs
+    label_probs = jnp.take_along_axis(mixture, labels[:, None], axis=-1)[:, 0]
+    # Correct where nothing is likelier than the label (ties count, as in train.batch_metrics);
+    # a max runs far faster than an argmax on a CPU.
+    return -jnp.sum(jnp.log(label_probs)), jnp.sum(label_probs >= jnp.max(mixture, axis=-1))
+
+  return jax.lax.map(sums, weights)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -79,6 +138,10 @@ def table(results: dict[str, Any]) -> str:
           results['kneser_ney_loss'], math.exp(results['kneser_ney_loss']),
           results['kneser_ney_accuracy'], None),
   }
+  if 'mixture_loss' in results:
+    columns[f'mixed ({results["mixture_weight"]:.2f} rnn-jax)'] = (
+        results['mixture_loss'], math.exp(results['mixture_loss']), results['mixture_accuracy'],
+        None)
   rows = (('log loss', '{:.4f}'), ('perplexity', '{:,.2f}'), ('accuracy', '{:.2%}'),
           ('top-5 accuracy', '{:.2%}'))
   cells = {name: ['-' if value is None else form.format(value)

@@ -226,19 +226,20 @@ def _add_level(probs: np.ndarray, level: _Level, ids: np.ndarray, weight: np.nda
 
 
 def baseline(dataset: data.Dataset, windows: data.Windows, order: int = ORDER) -> dict[str, float]:
-  """A Kneser-Ney model of the training data, scored on the last order-1 tokens of `windows`.
-
-  It learns from every position of the training texts or, for runs split by windows (no
-  training texts), from the last order-1 tokens and the label of each training window.
-  """
+  """A Kneser-Ney model of the training data, scored on the last order-1 tokens of `windows`."""
   check_order(order, windows.length)
+  scores = fit_baseline(dataset, order).score(*window_contexts(windows, order))
+  return {'kneser_ney_loss': scores['loss'], 'kneser_ney_accuracy': scores['accuracy']}
+
+
+def fit_baseline(dataset: data.Dataset, order: int = ORDER) -> KneserNey:
+  """The baseline fitted to every position of the training texts or, for runs split by windows
+  (no training texts), to the last order-1 tokens and the label of each training window."""
   if dataset.train_texts is None:
-    contexts, labels = _last_tokens(dataset.train, order - 1)
+    contexts, labels = window_contexts(dataset.train, order)
   else:
     contexts, labels = events(dataset.train_texts, order)
-  model = KneserNey.fit(contexts, labels, dataset.tokenizer.vocab_size, DISCOUNT)
-  scores = model.score(*_last_tokens(windows, order - 1))
-  return {'kneser_ney_loss': scores['loss'], 'kneser_ney_accuracy': scores['accuracy']}
+  return KneserNey.fit(contexts, labels, dataset.tokenizer.vocab_size, DISCOUNT)
 
 
 def check_order(order: int, window_length: int):
@@ -249,8 +250,9 @@ def check_order(order: int, window_length: int):
                     f'{window_length}; use an ngram_order <= {window_length + 1}')
 
 
-def _last_tokens(windows: data.Windows, width: int) -> tuple[np.ndarray, np.ndarray]:
-  """(contexts: int32[n, width], labels: int32[n]): each window's last `width` tokens and label."""
+def window_contexts(windows: data.Windows, order: int) -> tuple[np.ndarray, np.ndarray]:
+  """(contexts: int32[n, order-1], labels: int32[n]): what an n-gram reads of each window."""
+  width = order - 1
   # The same windows, cut to their last tokens: they still end where their labels begin.
   cut = data.Windows(windows.tokens, windows.starts + windows.length - width, width)
   return cut.take(np.arange(len(cut)))

@@ -186,3 +186,21 @@ def test_cli_reports_bad_input_on_one_line(trained, corpus, tmp_path):
     assert errors == [result.stderr.strip().splitlines()[-1]]
     assert errors[0].startswith(f'error: {message}')
     assert 'Traceback' not in result.stderr
+
+
+def test_mixture_ends_are_the_model_and_the_ngram_and_its_weight_is_the_best_on_valid(trained):
+  workdir, _ = trained
+  config, _, model, params = train.load(workdir)
+  dataset = data.prepare(config)
+  kneser_ney = ngram.fit_baseline(dataset, 3)
+  scores = evaluation._mixture_scores(model, params, kneser_ney, dataset.valid, 3)
+  alone = evaluation.evaluate_run(workdir, 'valid', ngram_order=3, mixture=True)
+  # Weight 0 is the n-gram alone, weight 1 the model alone.
+  np.testing.assert_allclose(scores['loss'][[0, -1]], [alone['kneser_ney_loss'], alone['loss']],
+                             rtol=1e-4)
+  np.testing.assert_allclose(scores['accuracy'][[0, -1]],
+                             [alone['kneser_ney_accuracy'], alone['accuracy']])
+  best = int(np.argmin(scores['loss']))
+  assert alone['mixture_weight'] == round(evaluation.WEIGHTS[best], 2)
+  assert alone['mixture_loss'] == pytest.approx(scores['loss'][best], rel=1e-6)
+  assert alone['mixture_loss'] <= min(alone['loss'], alone['kneser_ney_loss']) + 1e-6
