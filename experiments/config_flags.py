@@ -3,6 +3,7 @@
 import dataclasses
 import inspect
 import logging as std_logging
+from pathlib import Path
 import re
 import sys
 
@@ -14,6 +15,7 @@ from rnn_jax import allocator
 from rnn_jax.configs import Config
 from rnn_jax.errors import UserError
 
+CONFIGS = Path(__file__).parent / 'configs'  # the flagfiles that ship with the package
 ESCAPED = ('filters',)  # read with backslash escapes (\t, \n, \\), as in a Python string
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
            str: flags.DEFINE_string}
@@ -62,6 +64,9 @@ def run(main, *, generates: bool = False):
   point `generates` text, for generation (see `rnn_jax.allocator`).
   """
   allocator.keep_freed_memory(one_arena=not generates)
+  # jax probes for a TPU on every start and logs its absence: noise a user cannot act on.
+  std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
+
   def guarded(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -69,6 +74,46 @@ def run(main, *, generates: bool = False):
     try:
       return main(argv)
     except UserError as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(2)
-  app.run(guarded)
+      _exit(e)
+
+  try:
+    argv = expand_flagfiles(sys.argv)
+  except UserError as e:
+    _exit(e)
+  app.run(guarded, argv=argv)
+
+
+def _exit(error: UserError):
+  print(f'error: {error}', file=sys.stderr)
+  sys.exit(2)
+
+
+def expand_flagfiles(argv: list[str], base: Path | None = None, depth: int = 0) -> list[str]:
+  """argv with every --flagfile=PATH replaced by the flags in the file, recursively.
+
+  absl reads a flagfile named inside another relative to the current directory; here it is
+  found next to the file that names it first, so flagfiles work from any directory. A path
+  found nowhere else is looked up among the flagfiles that ship with the package.
+  """
+  if depth > 20:
+    raise UserError('flagfiles include each other in a loop')
+  expanded = []
+  for arg in argv:
+    match = re.fullmatch(r'--flagfile=(.+)', arg)
+    if not match:
+      expanded.append(arg)
+      continue
+    path = _find_flagfile(match.group(1), base)
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    flags_in_file = [line for line in lines if line and not line.startswith(('#', '//'))]
+    expanded += expand_flagfiles(flags_in_file, path.parent, depth + 1)
+  return expanded
+
+
+def _find_flagfile(name: str, base: Path | None) -> Path:
+  candidates = [base / name] if base else []
+  candidates += [Path(name), CONFIGS / Path(name).name]
+  for candidate in candidates:
+    if candidate.is_file():
+      return candidate
+  raise UserError(f'flagfile not found: {name}')

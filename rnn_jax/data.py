@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -64,35 +65,56 @@ def read_texts(path: str | Path, text_column: str) -> list[str]:
     raise UserError(f'unknown data format {path.suffix!r} of {path}: use .csv, .jsonl or .txt')
   if not path.is_file():
     raise UserError(f'data file not found: {path}')
-  return readers[path.suffix](path, text_column)
-
-
-def _read_csv(path: Path, column: str) -> list[str]:
-  with open(path, newline='', encoding='utf-8') as f:
-    reader = csv.DictReader(f)
-    if column not in (reader.fieldnames or []):
-      raise UserError(f'{path} has no column {column!r}; its columns: {reader.fieldnames}')
-    return [row[column] or '' for row in reader]
-
-
-def _read_jsonl(path: Path, key: str) -> list[str]:
-  texts = []
-  with open(path, encoding='utf-8') as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        texts.append(json.loads(line)[key])
-      except (json.JSONDecodeError, TypeError) as e:
-        raise UserError(f'{path}:{number}: not a JSON object ({e})') from None
-      except KeyError:
-        raise UserError(f'{path}:{number}: no key {key!r}') from None
+  texts = readers[path.suffix](_decode(path), path, text_column)
+  if not texts:
+    raise UserError(f'{path} holds no texts')
   return texts
 
 
-def _read_txt(path: Path, unused_column: str) -> list[str]:
-  with open(path, encoding='utf-8') as f:
-    return [line.strip() for line in f if line.strip()]
+def _decode(path: Path) -> str:
+  """The file as UTF-8 text; anything else is named by line and byte offset."""
+  raw = path.read_bytes()
+  try:
+    content = raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise UserError(f'{path}:{_line_at(raw, e.start)}: not UTF-8 text (byte {e.start}: '
+                    f'{raw[e.start:e.start + 1]!r}); is it a text file?') from None
+  nul = raw.find(0)
+  if nul >= 0:  # valid UTF-8, but no text holds it
+    raise UserError(f'{path}:{_line_at(raw, nul)}: a NUL byte (byte {nul}); is it a text file?')
+  return content
+
+
+def _line_at(raw: bytes, offset: int) -> int:
+  return raw.count(b'\n', 0, offset) + 1
+
+
+def _read_csv(content: str, path: Path, column: str) -> list[str]:
+  reader = csv.DictReader(io.StringIO(content, newline=''))
+  if column not in (reader.fieldnames or []):
+    raise UserError(f'{path} has no column {column!r}; its columns: {reader.fieldnames}')
+  try:
+    return [row[column] or '' for row in reader]
+  except csv.Error as e:
+    raise UserError(f'{path}:{reader.line_num}: not valid CSV ({e})') from None
+
+
+def _read_jsonl(content: str, path: Path, key: str) -> list[str]:
+  texts = []
+  for number, line in enumerate(content.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      texts.append(json.loads(line)[key])
+    except (json.JSONDecodeError, TypeError) as e:
+      raise UserError(f'{path}:{number}: not a JSON object ({e})') from None
+    except KeyError:
+      raise UserError(f'{path}:{number}: no key {key!r}') from None
+  return texts
+
+
+def _read_txt(content: str, unused_path: Path, unused_column: str) -> list[str]:
+  return [line.strip() for line in content.splitlines() if line.strip()]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -194,3 +194,16 @@ def test_prepare_reports_bad_input_on_one_line(tmp_path):
       cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 2
   assert result.stderr.strip() == f'error: data file not found: {tmp_path / "none.csv"}'
+
+
+@pytest.mark.parametrize('content, message', [
+    (b'fine\nbad \xff byte\n', r'bad\.txt:2: not UTF-8 text \(byte 9'),
+    (b'\x00\x01\x02binary', r'bad\.txt:1: a NUL byte \(byte 0\)'),
+    (b'', 'holds no texts'),
+    (b'\n  \n', 'holds no texts'),
+])
+def test_files_that_are_not_text_are_named_by_line_and_byte(tmp_path, content, message):
+  path = tmp_path / 'bad.txt'
+  path.write_bytes(content)
+  with pytest.raises(UserError, match=message):
+    data.read_texts(path, 'x')

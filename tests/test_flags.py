@@ -1,0 +1,48 @@
+"""Flagfiles: includes found next to the file that names them, from any directory."""
+
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+from experiments import config_flags
+from rnn_jax.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_an_include_is_found_next_to_the_file_that_names_it(tmp_path, monkeypatch):
+  (tmp_path / 'sub').mkdir()
+  (tmp_path / 'sub' / 'base.flags').write_text('# the base\n--lstm_units=7\n--split=windows\n')
+  (tmp_path / 'sub' / 'top.flags').write_text('--flagfile=base.flags\n\n--lstm_units=9\n')
+  monkeypatch.chdir(tmp_path)
+  assert config_flags.expand_flagfiles(['prog', '--flagfile=sub/top.flags', '--seed=3']) == [
+      'prog', '--lstm_units=7', '--split=windows', '--lstm_units=9', '--seed=3']
+
+
+def test_shipped_flagfiles_are_found_by_name_and_missing_ones_are_named(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert '--lstm_layers=2' in config_flags.expand_flagfiles(['--flagfile=seed_2_layers.flags'])
+  with pytest.raises(UserError, match='flagfile not found: nope.flags'):
+    config_flags.expand_flagfiles(['--flagfile=nope.flags'])
+
+
+def test_flagfiles_that_include_each_other_are_refused(tmp_path):
+  (tmp_path / 'a.flags').write_text('--flagfile=b.flags\n')
+  (tmp_path / 'b.flags').write_text('--flagfile=a.flags\n')
+  with pytest.raises(UserError, match='loop'):
+    config_flags.expand_flagfiles([f'--flagfile={tmp_path / "a.flags"}'])
+
+
+def test_a_nested_flagfile_works_from_another_directory(tmp_path):
+  data_file = tmp_path / 'docs.txt'
+  data_file.write_text('\n'.join(f'word{i % 7} ' * 30 for i in range(20)))
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.prepare',
+       f'--flagfile={REPO / "experiments/configs/seed_2_layers.flags"}', f'--data={data_file}',
+       '--training_length=5'],
+      cwd=tmp_path, env=os.environ | {'PYTHONPATH': str(REPO)}, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  assert '"num_texts": 20' in result.stdout
