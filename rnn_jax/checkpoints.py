@@ -9,11 +9,13 @@
 """
 
 import json
+import math
 from pathlib import Path
 import shutil
 from typing import Any
 
 from absl import logging
+from flax import traverse_util
 import orbax.checkpoint as ocp
 
 from rnn_jax.configs import Config, RESUMABLE
@@ -45,7 +47,12 @@ def manager(workdir: str | Path) -> ocp.CheckpointManager:
 
 def save(checkpoint_manager: ocp.CheckpointManager, epoch: int, state: Any,
          progress: dict[str, Any], val_loss: float):
-  """Saves in the background: the next epoch trains while this one is written."""
+  """Saves in the background: the next epoch trains while this one is written.
+
+  The progress records the parameters' shapes, so that a restore into another model is told
+  what differs rather than failing deep inside orbax.
+  """
+  progress = progress | {'param_shapes': _shapes(state.params)}
   checkpoint_manager.save(epoch, metrics={'val_loss': val_loss}, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
 
@@ -53,9 +60,27 @@ def save(checkpoint_manager: ocp.CheckpointManager, epoch: int, state: Any,
 def restore(checkpoint_manager: ocp.CheckpointManager, epoch: int,
             target: Any) -> tuple[Any, dict]:
   """Returns the (state, progress) saved after `epoch`; `target` gives the state's structure."""
+  saved = checkpoint_manager.restore(epoch, args=ocp.args.Composite(
+      progress=ocp.args.JsonRestore())).progress
+  expected = _shapes(target.params)
+  if saved.get('param_shapes', expected) != expected:
+    raise UserError(f'the checkpoint after epoch {epoch} holds another model than the config '
+                    f'describes: {_shape_differences(saved["param_shapes"], expected)}')
   restored = checkpoint_manager.restore(epoch, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()))
   return restored.state, restored.progress
+
+
+def _shapes(params: Any) -> dict[str, list[int]]:
+  return {'/'.join(path): list(leaf.shape)
+          for path, leaf in traverse_util.flatten_dict(params).items()}
+
+
+def _shape_differences(saved: dict[str, list[int]], expected: dict[str, list[int]]) -> str:
+  names = sorted(saved.keys() | expected.keys())
+  return '; '.join(f'{name} is {saved.get(name, "absent")} in the checkpoint, '
+                   f'{expected.get(name, "absent")} in the config'
+                   for name in names if saved.get(name) != expected.get(name))
 
 
 def has_run(workdir: str | Path) -> bool:
@@ -120,8 +145,17 @@ def append_metrics(workdir: str | Path, record: dict[str, Any]):
 
 
 def truncate_metrics(workdir: str | Path, last_epoch: int):
-  """Drops the metrics of epochs after last_epoch."""
+  """Drops the metrics of epochs after last_epoch, and a line a kill cut short."""
   path = Path(workdir) / METRICS
   if path.exists():
     lines = path.read_text().splitlines(keepends=True)
-    path.write_text(''.join(l for l in lines if json.loads(l)['epoch'] <= last_epoch))
+    path.write_text(''.join(line for line in lines if _epoch_of(line) <= last_epoch))
+
+
+def _epoch_of(line: str) -> float:
+  """The line's epoch; infinity, so that it is dropped, for a line written only in part."""
+  try:
+    return json.loads(line)['epoch']
+  except (json.JSONDecodeError, KeyError, TypeError):
+    logging.warning('Dropping a metrics line written only in part: %r', line[:80])
+    return math.inf

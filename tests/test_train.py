@@ -1,4 +1,6 @@
+import json
 from pathlib import Path
+import shutil
 import subprocess
 import sys
 
@@ -50,6 +52,7 @@ def test_resume_continues_exactly_where_the_run_stopped(corpus, trained, tmp_pat
   # As if the run died after logging epoch 2 but before its checkpoint was written.
   with open(tmp_path / checkpoints.METRICS, 'a') as f:
     f.write('{"epoch": 2, "train_loss": 0.0, "val_loss": 0.0}\n')
+    f.write('{"epoch": 3, "train_lo')  # and killed while appending the next
   train.train_and_evaluate(tiny_config(corpus, max_epochs=3), tmp_path, resume=True)
   resumed, straight = read_metrics(tmp_path), read_metrics(workdir)
   assert [m['epoch'] for m in resumed] == [1, 2, 3]
@@ -166,3 +169,14 @@ def test_baselines_match_hand_counts():
   smoothed = {2: 4 / 10, 3: 2 / 10}  # add-one over 6 ids
   assert scores['unigram_loss'] == pytest.approx(
       -(np.log(smoothed[2]) + 2 * np.log(smoothed[3])) / 3)
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_what_differs(trained, tmp_path):
+  workdir, _ = trained
+  copy = tmp_path / 'run'
+  shutil.copytree(workdir, copy)
+  config = json.loads((copy / checkpoints.CONFIG).read_text())
+  (copy / checkpoints.CONFIG).write_text(json.dumps(config | {'lstm_units': 12}))
+  with pytest.raises(UserError, match=r'lstm_0/recurrent_kernel is \[8, 32\] in the checkpoint, '
+                                      r'\[12, 48\] in the config'):
+    train.load(copy)
