@@ -31,6 +31,7 @@ import optax
 
 from experiments import config_flags
 from rnn_jax import data
+from rnn_jax import metrics
 from rnn_jax import models
 from rnn_jax import train
 from rnn_jax.configs import Config, ModelConfig
@@ -88,7 +89,7 @@ def _measure(config: Config, vocab: int, windows: data.Windows,
                                        train.train_step, batches)
   no_dropout = dataclasses.replace(config.model, dropout=0.0, recurrent_dropout=0.0)
   no_dropout_state = train.create_train_state(dataclasses.replace(config, model=no_dropout), vocab)
-  eval_step = jax.jit(train.eval_step)
+  eval_step = jax.jit(metrics.eval_step)
   rates = {'rnn_jax_train': train_rate,
            'rnn_jax_nodropout_train': _train(no_dropout_state, train.train_step, batches)[0],
            'rnn_jax_eval': _windows_per_s(lambda state, batch: (state, eval_step(state, batch)),

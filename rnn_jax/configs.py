@@ -50,6 +50,7 @@ class DataConfig:
 class ModelConfig:
   embedding_dim: int = 100  # width of the word vectors
   trainable_embeddings: bool = True  # False freezes the embedding matrix (pre-trained vectors)
+  pretrained_embeddings: str = ''  # GloVe or word2vec text file that initialises the embeddings
   mask_zero: bool = False  # token 0 is padding: the LSTM state carries over it unchanged
   lstm_layers: int = 1  # stacked LSTM layers
   lstm_units: int = 64  # hidden units per LSTM layer and direction

@@ -1,8 +1,8 @@
 """Scores a trained run on its validation or test windows beside naive and n-gram baselines.
 
 The model's figures come from the code that scores it during training (`train.evaluate` with
-`train.eval_step`); the baselines see only the training data and are scored on the same windows:
-the walkthrough's two naive guesses (`train.baselines`) and an interpolated Kneser-Ney n-gram
+`metrics.eval_step`); the baselines see only the training data and are scored on the same windows:
+the walkthrough's two naive guesses (`metrics.baselines`) and an interpolated Kneser-Ney n-gram
 model that reads the last order-1 tokens of each window.
 """
 
@@ -21,6 +21,7 @@ import optax
 
 from rnn_jax import checkpoints
 from rnn_jax import data
+from rnn_jax import metrics
 from rnn_jax import ngram
 from rnn_jax import train
 from rnn_jax.errors import UserError
@@ -56,8 +57,8 @@ def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'b
                     'fractions leave none)')
   # eval_step reads only the model and its params: an optimizer without state stands in.
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optax.identity())
-  eval_fn = _with_progress(jax.jit(train.eval_step), len(windows))
-  scores = train.evaluate(eval_fn, state, windows, BATCH_SIZE)
+  eval_fn = _with_progress(jax.jit(metrics.eval_step), len(windows))
+  scores = metrics.evaluate(eval_fn, state, windows, BATCH_SIZE)
   results = ({'split': split, 'checkpoint': checkpoint, 'epoch': _epoch(workdir, checkpoint),
               'workdir': str(Path(workdir).absolute()), 'num_windows': len(windows)}
              | scores
@@ -73,9 +74,9 @@ def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'b
 
 def naive_baselines(train_windows: data.Windows, windows: data.Windows,
                     vocab_size: int) -> dict[str, float]:
-  """`train.baselines` as baseline_* keys: most_frequent_accuracy, unigram_accuracy and _loss."""
+  """`metrics.baselines` as baseline_* keys: most_frequent_accuracy, unigram_accuracy and _loss."""
   return {f'baseline_{name}': float(value)
-          for name, value in train.baselines(train_windows, windows, vocab_size).items()}
+          for name, value in metrics.baselines(train_windows, windows, vocab_size).items()}
 
 
 def interpolate(model: WordLSTM, params: Any, dataset: data.Dataset,
@@ -119,7 +120,7 @@ def _mixture_sums(model, params, features, labels, ngram_probs, weights):
   def sums(weight):
     mixture = weight * model_probs + (1 - weight) * ngram_probs
     label_probs = jnp.take_along_axis(mixture, labels[:, None], axis=-1)[:, 0]
-    # Correct where nothing is likelier than the label (ties count, as in train.batch_metrics);
+    # Correct where nothing is likelier than the label (ties count, as in metrics.batch_metrics);
     # a max runs far faster than an argmax on a CPU.
     return -jnp.sum(jnp.log(label_probs)), jnp.sum(label_probs >= jnp.max(mixture, axis=-1))
 

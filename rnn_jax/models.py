@@ -227,8 +227,9 @@ class WordLSTM(nn.Module):
   """Embedding -> stacked LSTMs -> relu Dense -> Dropout -> next-word logits.
 
   Attributes:
-    config: the model hyperparameters (`trainable_embeddings` is the
-      optimizer's business and is ignored here).
+    config: the model hyperparameters. With `trainable_embeddings` False (frozen, pre-trained
+      vectors) a word whose vector is all zeros has none: the LSTMs skip it, as the
+      walkthrough's Masking layer did, their state carrying over.
     vocab_size: number of word ids, including 0 (padding).
   """
   config: ModelConfig
@@ -255,6 +256,9 @@ class WordLSTM(nn.Module):
     embed = nn.Embed(self.vocab_size, cfg.embedding_dim,
                      embedding_init=symmetric_uniform(0.05), name='embed')
     mask = tokens != 0 if cfg.mask_zero else None
+    if not cfg.trainable_embeddings:
+      has_vector = jnp.any(embed.embedding != 0, axis=-1)[tokens]
+      mask = has_vector if mask is None else mask & has_vector
 
     dtype = jnp.dtype(cfg.compute_dtype)
 
@@ -323,7 +327,8 @@ def advance(params, config: ModelConfig, stack: Stack, tokens: Array) -> Stack:
     params: WordLSTM parameters of a unidirectional model.
     stack: the states before the token, each f32[*batch, lstm_units].
     tokens: int32[*batch]; where a token is 0 (padding) the state carries over unchanged, so
-      left-padded seeds of different lengths can be read in one batch.
+      left-padded seeds of different lengths can be read in one batch; so it does, with frozen
+      embeddings, where the token's vector is all zeros (as in `WordLSTM`).
 
   Returns:
     The states after the token.
@@ -336,6 +341,8 @@ def advance(params, config: ModelConfig, stack: Stack, tokens: Array) -> Stack:
     new_stack.append(state)
     x = state[1]
   read = (tokens != 0)[..., None]
+  if not config.trainable_embeddings:
+    read &= jnp.any(params['embed']['embedding'][tokens] != 0, axis=-1, keepdims=True)
   return tuple(tuple(jnp.where(read, new, old) for new, old in zip(new_state, old_state))
                for new_state, old_state in zip(new_stack, stack))
 

@@ -1,7 +1,6 @@
-"""Training and evaluation: optax Adam, jitted steps, early stopping, orbax checkpoints."""
+"""Training: optax Adam, the jitted step, the epoch loop with early stopping, orbax checkpoints."""
 
 import json
-import math
 from pathlib import Path
 import sys
 import time
@@ -18,12 +17,12 @@ import optax
 
 from rnn_jax import checkpoints
 from rnn_jax import data
-from rnn_jax import ngram
+from rnn_jax import metrics
+from rnn_jax import embeddings
 from rnn_jax.configs import Config, TrainConfig
 from rnn_jax.errors import UserError
 from rnn_jax.models import WordLSTM
 
-Metrics = dict[str, jax.Array]  # sums over windows, plus their 'count'
 KERAS_ADAM_EPSILON = 1e-7  # the walkthrough's Adam; optax defaults to 1e-8
 
 
@@ -57,24 +56,8 @@ def create_train_state(config: Config, vocab_size: int,
   return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
-def batch_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array,
-                  losses: jax.Array) -> Metrics:
-  """Sums over a batch; logits: f32[*labels.shape, vocab], labels: int32[...], weights: f32[...]."""
-  label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)
-  # The label's rank (0 when it is the top guess) counts the logits above it. Written with
-  # max/min instead of a comparison, XLA's CPU backend fuses the count into one fast reduction
-  # (8x faster); a gap below 3e-39 would count partly. A NaN logit makes the rank NaN, which
-  # never counts as correct.
-  above = jnp.minimum(jnp.maximum(logits - label_logits, 0.0) * jnp.finfo(logits.dtype).max, 1.0)
-  rank = jnp.sum(above, axis=-1)
-  return {'loss': jnp.sum(losses * weights),
-          'accuracy': jnp.sum((rank == 0) * weights),
-          'top5_accuracy': jnp.sum((rank < 5) * weights),
-          'count': jnp.sum(weights)}
-
-
 def train_step(state: train_state.TrainState, batch: tuple[jax.Array, ...],
-               dropout_key: jax.Array) -> tuple[train_state.TrainState, Metrics]:
+               dropout_key: jax.Array) -> tuple[train_state.TrainState, metrics.Metrics]:
   """One Adam step on features: int32[batch, time] and labels, weights: int32, f32[batch] (the
   word after each window) or [batch, time] (the next word at every position)."""
   features, labels, weights = batch
@@ -90,46 +73,7 @@ def train_step(state: train_state.TrainState, batch: tuple[jax.Array, ...],
     return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1), (logits, losses)
 
   (_, (logits, losses)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  return state.apply_gradients(grads=grads), batch_metrics(logits, labels, weights, losses)
-
-
-def eval_step(state: train_state.TrainState, batch: tuple[jax.Array, ...]) -> Metrics:
-  features, labels, weights = batch
-  logits = state.apply_fn({'params': state.params}, features, deterministic=True)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return batch_metrics(logits, labels, weights, losses)
-
-
-def summarize(sums: dict[str, Any]) -> dict[str, float]:
-  """Means per window from summed metrics (host values)."""
-  count = float(sums['count'])
-  means = {k: float(v) / count for k, v in sums.items() if k != 'count'}
-  means['perplexity'] = math.exp(min(means['loss'], 700.0))
-  return means
-
-
-def evaluate(eval_fn, state, windows: data.Windows, batch_size: int) -> dict[str, float]:
-  """Metrics over every window, summed on the device and read once."""
-  total = None
-  for batch in data.batches(windows, batch_size):
-    metrics = eval_fn(state, batch)
-    total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
-  return summarize(jax.device_get(total))
-
-
-def baselines(train: data.Windows, windows: data.Windows, vocab_size: int) -> dict[str, float]:
-  """The walkthrough's naive guesses, scored on `windows`, knowing only the training labels.
-
-  most_frequent: always the commonest training label ("the"). unigram: a word drawn from the
-  training label frequencies (expected accuracy, and log loss with add-one smoothing).
-  """
-  train_counts = np.bincount(train.labels, minlength=vocab_size)
-  eval_counts = np.bincount(windows.labels, minlength=vocab_size)
-  frequencies = train_counts / train_counts.sum()
-  smoothed = (train_counts + 1) / (train_counts.sum() + vocab_size)
-  return {'most_frequent_accuracy': eval_counts[train_counts.argmax()] / len(windows),
-          'unigram_accuracy': float(eval_counts @ frequencies) / len(windows),
-          'unigram_loss': float(-(eval_counts @ np.log(smoothed)) / len(windows))}
+  return state.apply_gradients(grads=grads), metrics.batch_metrics(logits, labels, weights, losses)
 
 
 class Progress:
@@ -140,12 +84,12 @@ class Progress:
     self.start = time.perf_counter()
     self.live = sys.stderr.isatty()
 
-  def update(self, step: int, metrics: dict[str, float]):
+  def update(self, step: int, means: dict[str, float]):
     elapsed = time.perf_counter() - self.start
     rate = step * self.batch_size / max(elapsed, 1e-9)
     left = elapsed / step * (self.num_steps - step)
-    line = (f'epoch {self.epoch} step {step}/{self.num_steps}  loss {metrics["loss"]:.4f}  '
-            f'accuracy {metrics["accuracy"]:.4f}  {rate:,.0f} windows/s  ETA {left:.0f}s')
+    line = (f'epoch {self.epoch} step {step}/{self.num_steps}  loss {means["loss"]:.4f}  '
+            f'accuracy {means["accuracy"]:.4f}  {rate:,.0f} windows/s  ETA {left:.0f}s')
     if self.live:
       print('\r' + line, end='', file=sys.stderr, flush=True)
     else:
@@ -172,23 +116,23 @@ def train_epoch(step_fn, state, windows: data.Windows | data.Chunks, config: Con
   pending, totals = [], {}
   batches = data.batches(windows, batch_size, seed=config.seed, epoch=epoch)
   for step, batch in enumerate(batches, 1):
-    state, metrics = step_fn(state, batch, dropout_key)
-    pending.append(metrics)
+    state, sums = step_fn(state, batch, dropout_key)
+    pending.append(sums)
     if step % config.train.log_every == 0 or step == progress.num_steps:
       _accumulate(totals, jax.device_get(pending), int(state.step) - len(pending))
       pending = []
-      progress.update(step, summarize(totals))
+      progress.update(step, metrics.summarize(totals))
   progress.done()
-  return state, summarize(totals)
+  return state, metrics.summarize(totals)
 
 
 def _accumulate(totals: dict[str, float], steps: list[dict[str, np.ndarray]], first_step: int):
   """Adds per-step sums to totals; a non-finite loss stops the run, naming its step."""
-  for offset, metrics in enumerate(steps):
-    if not np.isfinite(metrics['loss']):
-      raise UserError(f'the training loss became {metrics["loss"]} at step '
+  for offset, sums in enumerate(steps):
+    if not np.isfinite(sums['loss']):
+      raise UserError(f'the training loss became {sums["loss"]} at step '
                       f'{first_step + offset + 1}; lower --learning_rate or set --clip_norm')
-    for name, value in metrics.items():
+    for name, value in sums.items():
       totals[name] = totals.get(name, 0.0) + float(value)
 
 
@@ -203,20 +147,36 @@ def _early_stopping(config: TrainConfig, progress: dict[str, Any]) -> EarlyStopp
                          should_stop=count > stopper.patience)
 
 
+def _fresh_state(config: Config, dataset: data.Dataset) -> train_state.TrainState:
+  """A new model, its embedding read from `pretrained_embeddings` when the config names a file."""
+  name, tokenizer = config.model.pretrained_embeddings, dataset.tokenizer
+  if not name:
+    return create_train_state(config, tokenizer.vocab_size)
+  matrix, coverage = embeddings.embedding_matrix(embeddings.vectors_path(name), tokenizer,
+                                                 config.model.embedding_dim)
+  logging.info('Pre-trained embeddings: %s', coverage.summary())
+  return create_train_state(config, tokenizer.vocab_size, matrix)
+
+
 def _start_or_resume(workdir: Path, config: Config, dataset: data.Dataset, resume: bool):
   """(state, progress, checkpoint manager) to go on from: the latest checkpoint's, or fresh."""
-  state = create_train_state(config, dataset.tokenizer.vocab_size)
+  state = None
   if resume and checkpoints.has_run(workdir):
     _, saved_tokenizer = checkpoints.read_run(workdir)
     if saved_tokenizer.word_index != dataset.tokenizer.word_index:
       raise UserError(f'the data changed since the run in {workdir} began (another vocabulary)')
   else:
+    # Before start_run clears the work dir: a bad vectors file leaves it as it was.
+    state = _fresh_state(config, dataset)
     checkpoints.start_run(workdir, config, dataset.tokenizer)
   manager = checkpoints.manager(workdir)
   progress = {'epoch': 0}
   if manager.latest_step() is not None:
-    state, progress = checkpoints.restore(manager, manager.latest_step(), state)
+    target = create_train_state(config, dataset.tokenizer.vocab_size)
+    state, progress = checkpoints.restore(manager, manager.latest_step(), target)
     logging.info('Resuming %s after epoch %d', workdir, progress['epoch'])
+  elif state is None:  # a resumed run that ended before its first checkpoint
+    state = _fresh_state(config, dataset)
   # Epochs after the checkpoint (a crash before its save finished) will run again.
   checkpoints.truncate_metrics(workdir, progress['epoch'])
   return state, progress, manager
@@ -229,12 +189,12 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = Fa
   config = checkpoints.config_for(workdir, config, resume=resume, overwrite=overwrite)
   dataset = data.prepare(config)
   logging.info('Data: %s', json.dumps(dataset.summary()))
-  if not config.model.trainable_embeddings:
+  if not config.model.trainable_embeddings and not config.model.pretrained_embeddings:
     logging.warning('Frozen embeddings without pre-trained vectors stay at their random init.')
   state, progress, manager = _start_or_resume(workdir, config, dataset, resume)
   stopper = _early_stopping(config.train, progress)
   step_fn = jax.jit(train_step, donate_argnums=0)
-  eval_fn = jax.jit(eval_step)
+  eval_fn = jax.jit(metrics.eval_step)
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   train_data = training_data(dataset, config)
   try:
@@ -243,7 +203,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = Fa
         break
       start = time.perf_counter()
       state, train_metrics = train_epoch(step_fn, state, train_data, config, epoch, dropout_key)
-      val = evaluate(eval_fn, state, dataset.valid, config.train.eval_batch_size)
+      val = metrics.evaluate(eval_fn, state, dataset.valid, config.train.eval_batch_size)
       stopper = stopper.update(val['loss'])
       record = {'epoch': epoch, 'train_loss': train_metrics['loss'],
                 'train_accuracy': train_metrics['accuracy'], 'val_loss': val['loss'],
@@ -259,30 +219,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = Fa
                    val['top5_accuracy'], record['seconds'],
                    ' (best)' if stopper.has_improved else '')
     manager.wait_until_finished()
-    return final_evaluation(workdir, manager, state, dataset, eval_fn, config)
+    return metrics.final_evaluation(workdir, manager, state, dataset, eval_fn, config)
   finally:
     manager.close()
-
-
-def final_evaluation(workdir: Path, manager, state, dataset: data.Dataset, eval_fn,
-                     config: Config) -> dict[str, Any]:
-  """Scores the best checkpoint on validation (and test) beside the naive and n-gram baselines."""
-  best = manager.best_step()
-  state, _ = checkpoints.restore(manager, best, state)
-  results = {'best_epoch': best}
-  for name, windows in (('valid', dataset.valid), ('test', dataset.test)):
-    if not len(windows):
-      continue
-    scores = evaluate(eval_fn, state, windows, config.train.eval_batch_size)
-    naive = baselines(dataset.train, windows, dataset.tokenizer.vocab_size)
-    if config.data.training_length >= ngram.ORDER - 1:
-      naive |= ngram.baseline(dataset, windows)
-    results[name] = scores | {'baselines': naive}
-    logging.info('Best epoch %d on %s: loss %.4f accuracy %.4f top-5 %.4f | baselines: %s', best,
-                 name, scores['loss'], scores['accuracy'], scores['top5_accuracy'],
-                 ' '.join(f'{key} {value:.4f}' for key, value in naive.items()))
-  (workdir / checkpoints.RESULTS).write_text(json.dumps(results, indent=2))
-  return results
 
 
 def load(workdir: str | Path, which: str = 'best') -> tuple[Config, Any, WordLSTM, Any]:

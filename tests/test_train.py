@@ -11,6 +11,7 @@ import pytest
 
 from rnn_jax import checkpoints
 from rnn_jax import data
+from rnn_jax import metrics
 from rnn_jax import train
 from rnn_jax.configs import Config, ModelConfig, TrainConfig
 from rnn_jax.errors import UserError
@@ -100,14 +101,14 @@ def test_batch_metrics_match_numpy():
   labels = rng.integers(0, 10, size=6)
   weights = np.array([1, 1, 1, 1, 0, 0], np.float32)
   losses = -np.log(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))[np.arange(6), labels]
-  metrics = train.batch_metrics(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights),
-                                jnp.asarray(losses))
+  sums = metrics.batch_metrics(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights),
+                               jnp.asarray(losses))
   order = np.argsort(-logits, axis=1)
   ranks = np.array([list(row).index(label) for row, label in zip(order, labels)])
-  np.testing.assert_allclose(metrics['loss'], losses[:4].sum(), rtol=1e-6)
-  assert float(metrics['accuracy']) == (ranks[:4] == 0).sum()
-  assert float(metrics['top5_accuracy']) == (ranks[:4] < 5).sum()
-  assert float(metrics['count']) == 4
+  np.testing.assert_allclose(sums['loss'], losses[:4].sum(), rtol=1e-6)
+  assert float(sums['accuracy']) == (ranks[:4] == 0).sum()
+  assert float(sums['top5_accuracy']) == (ranks[:4] < 5).sum()
+  assert float(sums['count']) == 4
 
 
 def test_ties_do_not_lower_the_rank_and_non_finite_logits_never_count_as_correct():
@@ -116,9 +117,9 @@ def test_ties_do_not_lower_the_rank_and_non_finite_logits_never_count_as_correct
                       [jnp.nan, 1.0, 0.0, 0.0],  # a NaN elsewhere
                       [jnp.inf, 1.0, 0.0, 0.0]])  # an infinite logit above the label
   labels = jnp.array([1, 0, 1, 1])
-  metrics = train.batch_metrics(logits, labels, jnp.ones(4), jnp.zeros(4))
-  assert float(metrics['accuracy']) == 1  # only the first row: the second has 2e-30 above
-  assert float(metrics['top5_accuracy']) == 3  # every row but the NaN one
+  sums = metrics.batch_metrics(logits, labels, jnp.ones(4), jnp.zeros(4))
+  assert float(sums['accuracy']) == 1  # only the first row: the second has 2e-30 above
+  assert float(sums['top5_accuracy']) == 3  # every row but the NaN one
 
 
 def test_frozen_embeddings_keep_the_given_matrix(corpus):
@@ -163,7 +164,7 @@ def test_early_stopping_has_keras_patience():
 def test_baselines_match_hand_counts():
   train_windows = data.make_windows([[1, 2, 2, 2, 3]], 1)  # labels 2 2 2 3
   valid_windows = data.make_windows([[5, 2, 3, 3]], 1)  # labels 2 3 3
-  scores = train.baselines(train_windows, valid_windows, vocab_size=6)
+  scores = metrics.baselines(train_windows, valid_windows, vocab_size=6)
   assert scores['most_frequent_accuracy'] == pytest.approx(1 / 3)
   assert scores['unigram_accuracy'] == pytest.approx((0.75 + 2 * 0.25) / 3)
   smoothed = {2: 4 / 10, 3: 2 / 10}  # add-one over 6 ids

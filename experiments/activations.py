@@ -1,0 +1,119 @@
+"""Which neurons light up: the last LSTM layer's hidden state after each word of a text.
+
+  python -m experiments.activations --workdir=DIR --text='A neural network is trained'
+
+prints, for each word, the units with the largest |h| (h lies in [-1, 1]) and draws every unit
+after every word as a heat map (words x units) into DIR/activations.png or --out. The heat map
+needs matplotlib, the `plot` extra (pip install 'rnn-jax[plot]'); --noheatmap leaves it out.
+"""
+
+from pathlib import Path
+
+from absl import flags
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import config_flags
+from rnn_jax import seeds
+from rnn_jax import train
+from rnn_jax.errors import UserError
+from rnn_jax.models import WordLSTM
+
+flags.DEFINE_string('workdir', None, 'The trained run to read the text with.', required=True)
+flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of the run.')
+flags.DEFINE_string('text', None, 'The text to read.', required=True)
+flags.DEFINE_integer('top_units', 5, 'Units shown per word, the most active first.',
+                     lower_bound=1)
+flags.DEFINE_bool('heatmap', True, 'Also draw the heat map PNG.')
+flags.DEFINE_string('out', None, 'The heat map PNG; by default activations.png in the work dir.')
+FLAGS = flags.FLAGS
+HEATMAP = 'activations.png'
+
+
+def main(argv):
+  del argv
+  # Checked before the model is read: a missing matplotlib or a bad --out fails at once.
+  figure_classes = _matplotlib() if FLAGS.heatmap else None
+  out = Path(FLAGS.out) if FLAGS.out else Path(FLAGS.workdir) / HEATMAP
+  if figure_classes and out.suffix.lower() != '.png':
+    raise UserError(f'--out must name a .png file, not {out}')
+  config, tokenizer, model, params = train.load(FLAGS.workdir, FLAGS.checkpoint)
+  seed = seeds.from_text(FLAGS.text, tokenizer)
+  words = [tokenizer.index_word[token] for token in seed.tokens]
+  states = hidden_states(model, params, seed.tokens)
+  embedding = np.asarray(params['embed']['embedding'])
+  # A frozen model skips words without a vector: the state shown is the one carried over.
+  masked = [not config.model.trainable_embeddings and not embedding[token].any()
+            for token in seed.tokens]
+  print(top_units_text(words, states, masked, FLAGS.top_units,
+                       f'lstm_{config.model.lstm_layers - 1}'))
+  if seed.unknown:
+    fate = f'read as {tokenizer.oov_token}' if tokenizer.oov_token else 'left out'
+    print(f'(not in the vocabulary, {fate}: {", ".join(seed.unknown)})')
+  if figure_classes:
+    print(f'Wrote {draw_heatmap(figure_classes, words, states, out)}')
+
+
+def hidden_states(model: WordLSTM, params, tokens: list[int]) -> np.ndarray:
+  """f32[len(tokens), lstm_units]: the last LSTM layer's h after each token, as the model runs."""
+  config = model.config
+  if config.bidirectional:
+    raise UserError('activations reads unidirectional runs: a bidirectional layer gives only its '
+                    'final states')
+  last = f'lstm_{config.lstm_layers - 1}'
+  _, variables = model.apply({'params': params}, jnp.asarray([tokens], jnp.int32),
+                             deterministic=True, every_position=True,
+                             capture_intermediates=lambda module, _: module.name == last)
+  _, outputs = variables['intermediates'][last]['__call__'][0]
+  return np.asarray(outputs[:, 0])  # [time, batch = 1, units]: the model runs time first
+
+
+def top_units_text(words: list[str], states: np.ndarray, masked: list[bool], top: int,
+                   layer: str) -> str:
+  """A line per word: its `top` units by |h|, with their signed values."""
+  units = states.shape[1]
+  width = max(map(len, words))
+  lines = [f'The {min(top, units)} most active of the {units} units of {layer} (largest |h|) '
+           'after each word:']
+  for word, h, skipped in zip(words, states, masked):
+    order = np.argsort(-np.abs(h), kind='stable')[:top]
+    line = '  '.join(f'u{unit} {h[unit]:+.2f}' for unit in order)
+    lines.append(f'  {word:<{width}}  {line}' + ('  (no vector: skipped)' if skipped else ''))
+  return '\n'.join(lines)
+
+
+def _matplotlib():
+  # Imported here: matplotlib is an optional extra (see experiments/plot.py).
+  try:
+    # pylint: disable=import-outside-toplevel
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+  except ImportError:
+    raise UserError("the heat map needs matplotlib: pip install 'rnn-jax[plot]', or pass "
+                    '--noheatmap') from None
+  return Figure, FigureCanvasAgg
+
+
+def draw_heatmap(figure_classes, words: list[str], states: np.ndarray, out: Path) -> Path:
+  """Draws f32[words, units] `states` as a words x units heat map into the PNG `out`."""
+  figure_class, canvas_class = figure_classes
+  units = states.shape[1]
+  # Sized so that a word's row and a unit's column stay readable for long texts and wide layers.
+  figure = figure_class(figsize=(max(6, 2 + 0.15 * units), 1.5 + 0.3 * len(words)),
+                        layout='constrained')
+  canvas_class(figure)
+  axes = figure.subplots()
+  image = axes.imshow(states, cmap='RdBu_r', vmin=-1, vmax=1, aspect='auto',
+                      interpolation='nearest')
+  axes.set_yticks(range(len(words)), words)
+  axes.set(xlabel='unit', title='hidden state h after each word')
+  figure.colorbar(image, ax=axes, label='h')
+  try:
+    figure.savefig(out)
+  except OSError as e:
+    raise UserError(f'cannot write {out}: {e.strerror}') from None
+  return out
+
+
+if __name__ == '__main__':
+  config_flags.run(main)
