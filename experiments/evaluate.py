@@ -21,13 +21,15 @@ flags.DEFINE_integer('ngram_order', 4, 'Order of the Kneser-Ney baseline: it rea
                      'ngram_order - 1 tokens of each window.')
 flags.DEFINE_bool('mixture', False, "Also score the model's distribution mixed with the "
                   "n-gram's, the mixing weight chosen on validation.")
+flags.DEFINE_bool('cache', False, 'Also score the model with a continuous cache over its own '
+                  'window (theta and weight chosen on validation).')
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   results = evaluation.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
-                                    FLAGS.ngram_order, FLAGS.mixture)
+                                    FLAGS.ngram_order, FLAGS.mixture, FLAGS.cache)
   print(evaluation.table(results))
   print(json.dumps(results))
 

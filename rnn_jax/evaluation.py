@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rnn_jax import cache as continuous_cache
 from rnn_jax import checkpoints
 from rnn_jax import data
 from rnn_jax import metrics
@@ -34,13 +35,16 @@ MIXTURE_BATCH = 1024  # windows per mixture step: two f32[batch, vocab] distribu
 
 
 def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'best',
-                 ngram_order: int = ngram.ORDER, mixture: bool = False) -> dict[str, Any]:
+                 ngram_order: int = ngram.ORDER, mixture: bool = False,
+                 cache: bool = False) -> dict[str, Any]:
   """Scores a run's checkpoint on one split, rebuilt from the work dir alone.
 
   Returns a flat dict: what was scored (split, checkpoint, epoch, workdir, num_windows), the
   model's loss, perplexity, accuracy and top5_accuracy, the naive baselines (baseline_*) and the
   Kneser-Ney baseline (ngram_order, kneser_ney_*); with `mixture`, the model mixed with the
-  n-gram (`interpolate`: mixture_weight, mixture_loss, mixture_accuracy).
+  n-gram (`interpolate`: mixture_weight, mixture_loss, mixture_accuracy); with `cache`, the
+  model with a continuous cache over its window (`rnn_jax.cache`: cache_theta, cache_weight,
+  cache_loss, cache_accuracy).
   """
   if split not in ('valid', 'test'):
     raise UserError(f"split: 'valid' or 'test', not {split!r}")
@@ -69,6 +73,10 @@ def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'b
     mixed = interpolate(model, params, dataset, ngram_order)
     results |= {'mixture_weight': mixed['weight'], 'mixture_loss': mixed[split]['loss'],
                 'mixture_accuracy': mixed[split]['accuracy']}
+  if cache:
+    cached = continuous_cache.tune_and_score(model, params, dataset)
+    results |= {'cache_theta': cached['theta'], 'cache_weight': cached['weight'],
+                'cache_loss': cached[split]['loss'], 'cache_accuracy': cached[split]['accuracy']}
   return results
 
 
@@ -139,6 +147,9 @@ def table(results: dict[str, Any]) -> str:
           results['kneser_ney_loss'], math.exp(results['kneser_ney_loss']),
           results['kneser_ney_accuracy'], None),
   }
+  if 'cache_loss' in results:
+    columns['rnn-jax + cache'] = (results['cache_loss'], math.exp(results['cache_loss']),
+                                  results['cache_accuracy'], None)
   if 'mixture_loss' in results:
     columns[f'mixed ({results["mixture_weight"]:.2f} rnn-jax)'] = (
         results['mixture_loss'], math.exp(results['mixture_loss']), results['mixture_accuracy'],
@@ -160,10 +171,11 @@ def table(results: dict[str, Any]) -> str:
 
 
 def _epoch(workdir: str | Path, checkpoint: str) -> int:
-  """The epoch after which the best or latest checkpoint was saved."""
+  """The epochs finished when the best or latest checkpoint was saved."""
   manager = checkpoints.manager(workdir)
   try:
-    return manager.best_step() if checkpoint == 'best' else manager.latest_step()
+    step = manager.best_step() if checkpoint == 'best' else manager.latest_step()
+    return checkpoints.progress_of(manager, step)['epoch']
   finally:
     manager.close()
 

@@ -1,0 +1,78 @@
+"""The continuous cache against a step-by-step NumPy reference."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from rnn_jax import cache
+from rnn_jax import data
+from rnn_jax import evaluation
+from rnn_jax import models
+from rnn_jax import train
+from rnn_jax.errors import UserError
+
+
+def reference_scores(model, params, windows, theta, weight):
+  """Loss and accuracy of the mixture, with h read one token at a time through models.advance."""
+  features, labels = windows.take(np.arange(len(windows)))
+  losses, correct = [], []
+  for window, label in zip(features, labels):
+    stack, hidden = models.initial_stack(model.config), []
+    for token in window:
+      stack = models.advance(params, model.config, stack, np.int32(token))
+      hidden.append(np.asarray(stack[-1][1], np.float64))
+    hidden = np.array(hidden)
+    model_probs = np.asarray(jax.nn.softmax(models.readout(params, hidden[-1])), np.float64)
+    scores = theta * hidden[:-1] @ hidden[-1]
+    attention = np.exp(scores - scores.max())
+    attention /= attention.sum()
+    cache_probs = np.zeros_like(model_probs)
+    np.add.at(cache_probs, window[1:], attention)
+    mixture = (1 - weight) * model_probs + weight * cache_probs
+    losses.append(-np.log(mixture[label]))
+    correct.append(mixture[label] >= mixture.max())
+  return np.mean(losses), np.mean(correct)
+
+
+@pytest.fixture(scope='module')
+def run(trained):
+  workdir, _ = trained
+  config, _, model, params = train.load(workdir)
+  return model, params, data.prepare(config)
+
+
+def test_grid_matches_the_step_by_step_reference(run):
+  model, params, dataset = run
+  grid = cache.grid_scores(model, params, dataset.valid)
+  for theta, weight in ((0, 2), (3, 1), (6, 5)):
+    loss, accuracy = reference_scores(model, params, dataset.valid, cache.THETAS[theta],
+                                      cache.WEIGHTS[weight])
+    assert grid['loss'][theta, weight] == pytest.approx(loss, rel=1e-4)
+    assert grid['accuracy'][theta, weight] == pytest.approx(accuracy)
+
+
+def test_weight_zero_is_the_model_alone_and_the_choice_is_the_best_on_validation(run, trained):
+  model, params, dataset = run
+  _, results = trained
+  grid = cache.grid_scores(model, params, dataset.valid)
+  np.testing.assert_allclose(grid['loss'][:, 0], results['valid']['loss'], rtol=1e-5)
+  np.testing.assert_allclose(grid['accuracy'][:, 0], results['valid']['accuracy'])
+  tuned = cache.tune_and_score(model, params, dataset)
+  best = np.unravel_index(np.argmin(grid['loss']), grid['loss'].shape)
+  assert (tuned['theta'], tuned['weight']) == (cache.THETAS[best[0]], cache.WEIGHTS[best[1]])
+  assert tuned['valid']['loss'] == pytest.approx(grid['loss'].min())
+  assert set(tuned) == {'theta', 'weight', 'valid', 'test'}
+  workdir, _ = trained
+  reported = evaluation.evaluate_run(workdir, 'test', cache=True)
+  assert reported['cache_loss'] == pytest.approx(tuned['test']['loss'])
+  assert 'rnn-jax + cache' in evaluation.table(reported)
+
+
+def test_a_bidirectional_model_is_refused(run):
+  model, params, dataset = run
+  both_ways = models.WordLSTM(dataclasses.replace(model.config, bidirectional=True),
+                              model.vocab_size)
+  with pytest.raises(UserError, match='bidirectional'):
+    cache.tune_and_score(both_ways, params, dataset)
