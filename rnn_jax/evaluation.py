@@ -171,11 +171,10 @@ def table(results: dict[str, Any]) -> str:
 
 
 def _epoch(workdir: str | Path, checkpoint: str) -> int:
-  """The epochs finished when the best or latest checkpoint was saved."""
+  """The epoch after which the best or latest checkpoint was saved."""
   manager = checkpoints.manager(workdir)
   try:
-    step = manager.best_step() if checkpoint == 'best' else manager.latest_step()
-    return checkpoints.progress_of(manager, step)['epoch']
+    return manager.best_step() if checkpoint == 'best' else manager.latest_step()
   finally:
     manager.close()
 
