@@ -12,6 +12,7 @@ from absl import flags
 from absl import logging
 
 from rnn_jax import allocator
+from rnn_jax import preemption
 from rnn_jax.configs import Config
 from rnn_jax.errors import UserError
 
@@ -53,8 +54,20 @@ def config_from_flags() -> Config:
 
 
 def _quiet_orbax(record: std_logging.LogRecord) -> bool:
-  """Orbax logs every save at INFO through absl; keep only its warnings."""
-  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+  """Orbax logs every save at INFO through absl: keep only its warnings that say something.
+
+  Dropped: its warning at each save without metrics (those inside an epoch, by design), and the
+  tracebacks it logs when a background write fails (a full disk): the failure is raised again in
+  the main thread and reported there on one line. A checkpoint that does not read back fails
+  every array's read at once: asyncio logs each failure orbax did not collect, after the one
+  that `checkpoints.restore_latest` reports.
+  """
+  if record.name == 'asyncio':
+    return 'exception was never retrieved' not in record.getMessage()
+  if '/orbax/' not in record.pathname:
+    return True
+  return (record.levelno >= std_logging.WARNING and not record.exc_info
+          and 'did not provide metrics' not in record.getMessage())
 
 
 def run(main, *, generates: bool = False):
@@ -75,15 +88,26 @@ def run(main, *, generates: bool = False):
       return main(argv)
     except UserError as e:
       _exit(e)
+    except preemption.Stopped as e:
+      print(e, file=sys.stderr)
+      sys.exit(e.exit_code)
 
   try:
     argv = expand_flagfiles(sys.argv)
   except UserError as e:
     _exit(e)
-  app.run(guarded, argv=argv)
+  app.run(guarded, argv=argv, flags_parser=_parse_flags)
 
 
-def _exit(error: UserError):
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with an unknown flag or a bad value reported on one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit(' '.join(str(e).split()))  # some of absl's messages span lines
+
+
+def _exit(error: Exception | str):
   print(f'error: {error}', file=sys.stderr)
   sys.exit(2)
 

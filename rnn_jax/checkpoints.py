@@ -4,13 +4,22 @@
     workdir/tokenizer.json
     workdir/metrics.jsonl    one JSON object per epoch
     workdir/results.json     the best checkpoint's final evaluation
-    workdir/checkpoints/N/   after epoch N: train state and progress; the latest epoch and the
-                             one with the lowest validation loss are kept
+    workdir/checkpoints/N/   after global step N: train state and progress; the two latest and,
+                             among those taken at epoch ends, the one with the lowest validation
+                             loss are kept
+    workdir/unreadable_checkpoints/N/   a checkpoint that failed to read back, set aside on resume
+
+A checkpoint's progress is a JSON object: 'epoch' (epochs finished), 'batches_done' and
+'train_sums' (how far into the next epoch, and its metric sums so far; absent at an epoch's end),
+the early-stopping 'best_metric' and 'patience_count', and the parameters' 'param_shapes'.
 """
 
+import contextlib
 import json
 import math
+import os
 from pathlib import Path
+import re
 import shutil
 from typing import Any
 
@@ -27,48 +36,147 @@ TOKENIZER = 'tokenizer.json'
 METRICS = 'metrics.jsonl'
 RESULTS = 'results.json'
 CHECKPOINTS = 'checkpoints'
-RUN_FILES = (CONFIG, TOKENIZER, METRICS, RESULTS, CHECKPOINTS)
+UNREADABLE = 'unreadable_checkpoints'
+RUN_FILES = (CONFIG, TOKENIZER, METRICS, RESULTS, CHECKPOINTS, UNREADABLE)
+
+
+@contextlib.contextmanager
+def writing(where: str | Path):
+  """Turns a failed write (a full disk, no permission) into one line.
+
+  Orbax raises the error of a background write at the next save or wait, as tensorstore's
+  ValueError.
+  """
+  try:
+    yield
+  except (OSError, ValueError) as error:
+    raise UserError(f'could not write to {where} ({_reason(error)}); what was saved before '
+                    'stays: make room or make it writable, then continue with --resume') from None
+
+
+def _reason(error: Exception) -> str:
+  """The error in a few words: tensorstore's messages run to pages of JSON."""
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  code = re.search(r"os_error_code='(\d+)'", str(error))
+  if code:
+    return os.strerror(int(code.group(1)))
+  first_line = str(error).split('\n')[0][:200]
+  return f'{type(error).__name__}: {first_line}' if first_line else repr(error)
+
+
+def finish(checkpoint_manager: ocp.CheckpointManager):
+  """Waits until the checkpoints being written are complete."""
+  with writing(checkpoint_manager.directory):
+    checkpoint_manager.wait_until_finished()
+
+
+def close(checkpoint_manager: ocp.CheckpointManager):
+  """Waits for the writes in flight, then stops orbax's threads."""
+  with writing(checkpoint_manager.directory):
+    checkpoint_manager.close()
 
 
 def _val_loss(metrics: dict[str, float]) -> float:
   return metrics['val_loss']
 
 
-def manager(workdir: str | Path) -> ocp.CheckpointManager:
-  """Keeps the latest checkpoint (for --resume) and the best by val_loss (save_best_only)."""
+def manager(workdir: str | Path, *, training: bool = False) -> ocp.CheckpointManager:
+  """Keeps the two latest checkpoints (for --resume, and one to fall back on should the latest
+  not read back) and the best by val_loss among those saved with one: epoch ends.
+
+  Checkpoints are numbered by global step, so those taken inside an epoch sort between the
+  epochs'. They carry no metrics: orbax's best_step() passes over them, and BestN does not keep
+  them. A kill during a save leaves a temporary directory that orbax never lists as a step; the
+  manager that trains removes such leftovers (another process reading the work dir must not).
+  """
   keep = ocp.checkpoint_managers.AnyPreservationPolicy([
-      ocp.checkpoint_managers.LatestN(n=1),
-      ocp.checkpoint_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1),
+      ocp.checkpoint_managers.LatestN(n=2),
+      ocp.checkpoint_managers.BestN(get_metric_fn=_val_loss, reverse=True, n=1,
+                                    keep_checkpoints_without_metrics=False),
   ])
   options = ocp.CheckpointManagerOptions(
-      best_fn=_val_loss, best_mode='min', preservation_policy=keep)
+      best_fn=_val_loss, best_mode='min', preservation_policy=keep,
+      cleanup_tmp_directories=training)
   return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options)
 
 
-def save(checkpoint_manager: ocp.CheckpointManager, epoch: int, state: Any,
-         progress: dict[str, Any], val_loss: float):
-  """Saves in the background: the next epoch trains while this one is written.
+def save(checkpoint_manager: ocp.CheckpointManager, step: int, state: Any,
+         progress: dict[str, Any], val_loss: float | None = None):
+  """Saves in the background: training goes on while the state is written.
 
-  The progress records the parameters' shapes, so that a restore into another model is told
-  what differs rather than failing deep inside orbax.
+  `val_loss` is given at epoch ends only. The progress records the parameters' shapes, so that a
+  restore into another model is told what differs rather than failing deep inside orbax.
   """
   progress = progress | {'param_shapes': _shapes(state.params)}
-  checkpoint_manager.save(epoch, metrics={'val_loss': val_loss}, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
+  metrics = None if val_loss is None else {'val_loss': val_loss}
+  with writing(checkpoint_manager.directory):
+    checkpoint_manager.save(step, metrics=metrics, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
 
 
-def restore(checkpoint_manager: ocp.CheckpointManager, epoch: int,
+def restore(checkpoint_manager: ocp.CheckpointManager, step: int,
             target: Any) -> tuple[Any, dict]:
-  """Returns the (state, progress) saved after `epoch`; `target` gives the state's structure."""
-  saved = checkpoint_manager.restore(epoch, args=ocp.args.Composite(
-      progress=ocp.args.JsonRestore())).progress
+  """Returns the (state, progress) saved at `step`; `target` gives the state's structure."""
+  saved = progress_of(checkpoint_manager, step)
   expected = _shapes(target.params)
   if saved.get('param_shapes', expected) != expected:
-    raise UserError(f'the checkpoint after epoch {epoch} holds another model than the config '
+    raise UserError(f'the checkpoint at step {step} holds another model than the config '
                     f'describes: {_shape_differences(saved["param_shapes"], expected)}')
-  restored = checkpoint_manager.restore(epoch, args=ocp.args.Composite(
+  restored = checkpoint_manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()))
   return restored.state, restored.progress
+
+
+def progress_of(checkpoint_manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The progress saved at `step` (its epoch, position and early-stopping state)."""
+  return checkpoint_manager.restore(step, args=ocp.args.Composite(
+      progress=ocp.args.JsonRestore())).progress
+
+
+def restore_latest(workdir: str | Path, target: Any) -> tuple[Any, dict] | None:
+  """(state, progress) of the newest checkpoint that reads back whole; None when there is none.
+
+  Every checkpoint is read: one whose files were cut short, deleted or garbled (orbax's array
+  data carries checksums) is moved to unreadable_checkpoints/ with a warning, and an older one
+  is used. The training manager reads every checkpoint's metrics when it opens, so those are
+  checked too. When none reads back, the cause is more likely the reader than the files: the
+  newest one's error is raised and nothing is moved.
+  """
+  reader = ocp.CheckpointManager(
+      Path(workdir).absolute() / CHECKPOINTS,
+      options=ocp.CheckpointManagerOptions(create=False, lightweight_initialize=True))
+  latest, failures = None, {}
+  try:
+    for step in sorted(reader.all_steps(), reverse=True):
+      try:
+        reader.metrics(step)
+        restored = restore(reader, step, target)
+      # Orbax and tensorstore report damage as OSError, ValueError, KeyError or bare Exception.
+      except Exception as error:  # pylint: disable=broad-exception-caught
+        failures[step] = error
+        continue
+      latest = latest or restored
+  finally:
+    reader.close()
+  if failures and latest is None:
+    step, error = next(iter(failures.items()))
+    raise error if isinstance(error, UserError) else UserError(
+        f'no checkpoint in {workdir} reads back (step {step}: {_reason(error)}); to start over, '
+        'pass --overwrite') from None
+  for step, error in failures.items():
+    _set_aside(Path(workdir), step, error)
+  return latest
+
+
+def _set_aside(workdir: Path, step: int, error: Exception):
+  """Moves an unreadable checkpoint out of orbax's sight, keeping it for a post-mortem."""
+  target = workdir / UNREADABLE / str(step)
+  shutil.rmtree(target, ignore_errors=True)
+  target.parent.mkdir(exist_ok=True)
+  (workdir / CHECKPOINTS / str(step)).rename(target)
+  logging.warning('The checkpoint at step %d does not read back (%s): moved to %s; resuming from '
+                  'an earlier one', step, _reason(error), target)
 
 
 def _shapes(params: Any) -> dict[str, list[int]]:
@@ -128,19 +236,33 @@ def _differences(saved: Config, new: Config) -> list[str]:
 def start_run(workdir: str | Path, config: Config, tokenizer: Tokenizer):
   """Clears an earlier run's files (only those) and writes this run's config and tokenizer."""
   workdir = Path(workdir)
-  for name in RUN_FILES:
-    path = workdir / name
-    if path.is_dir():
-      shutil.rmtree(path)
-    else:
-      path.unlink(missing_ok=True)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / TOKENIZER).write_text(tokenizer.to_json())
-  (workdir / CONFIG).write_text(config.to_json())
+  with writing(workdir):
+    for name in RUN_FILES:
+      path = workdir / name
+      if path.is_dir():
+        shutil.rmtree(path)
+      else:
+        path.unlink(missing_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+  write_file(workdir / TOKENIZER, tokenizer.to_json())
+  write_config(workdir, config)
+
+
+def write_config(workdir: str | Path, config: Config):
+  """config.json: a resumed run records the max_epochs, patience... it actually runs with."""
+  write_file(Path(workdir) / CONFIG, config.to_json())
+
+
+def write_file(path: Path, text: str):
+  """Writes a file whole or not at all: a kill midway leaves the old one (or none)."""
+  partial = path.with_name(path.name + '.part')
+  with writing(path.parent):
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def append_metrics(workdir: str | Path, record: dict[str, Any]):
-  with open(Path(workdir) / METRICS, 'a') as f:
+  with writing(workdir), open(Path(workdir) / METRICS, 'a') as f:
     f.write(json.dumps(record) + '\n')
 
 

@@ -11,8 +11,9 @@ GLOVE_FILTERS = '!"#$%&()*+/:<=>@[\\]^_`{|}~\t\n'  # lower-case, pre-trained run
 SPLITS = ('abstracts', 'windows')
 OBJECTIVES = ('last', 'every')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
-# How long to train may change when a run resumes; everything else is the run's own.
-RESUMABLE = ('max_epochs', 'patience', 'min_delta', 'log_every')
+# How long to train and how often to report or checkpoint may change when a run resumes;
+# everything else is the run's own.
+RESUMABLE = ('max_epochs', 'patience', 'min_delta', 'log_every', 'checkpoint_every_steps')
 
 
 def _require(condition: bool, message: str):
@@ -88,6 +89,8 @@ class TrainConfig:
   patience: int = 5  # epochs without a val_loss improvement before stopping early
   min_delta: float = 0.0  # smallest val_loss decrease that counts as an improvement
   log_every: int = 20  # steps between progress updates (each one reads metrics to the host)
+  checkpoint_every_steps: int = 0  # also checkpoint every this many steps; 0: at epoch ends only
+  skip_nonfinite: bool = False  # skip (and count) batches whose loss or gradient is NaN or inf
 
   def __post_init__(self):
     _require(self.learning_rate > 0, f'learning_rate must be > 0, got {self.learning_rate}')
@@ -99,6 +102,8 @@ class TrainConfig:
       _require(getattr(self, name) >= 1, f'{name} must be >= 1, got {getattr(self, name)}')
     _require(self.patience >= 0, f'patience must be >= 0, got {self.patience}')
     _require(self.min_delta >= 0, f'min_delta must be >= 0, got {self.min_delta}')
+    _require(self.checkpoint_every_steps >= 0,
+             f'checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -132,6 +132,8 @@ class Windows:
 
   def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Returns features: int32[n, length] and labels: int32[n] of the windows at `indices`."""
+    if not len(indices):  # the texts may be shorter than one window
+      return np.zeros((0, self.length), np.int32), np.zeros(0, np.int32)
     rows = np.lib.stride_tricks.sliding_window_view(self.tokens, self.length + 1)
     rows = rows[self.starts[indices]]
     # Contiguous, so that handing them to jax costs one plain copy.
@@ -231,6 +233,11 @@ def prepare(config: Config) -> Dataset:
   data_config = config.data
   texts = [text.format_patent(t) for t in load_texts(data_config)]
   tokenizer = fit_tokenizer(data_config, texts)
+  if tokenizer.vocab_size < 3:  # padding and one word: the next word is always that word
+    words = [repr(w) for w, i in tokenizer.word_index.items() if i < tokenizer.vocab_size]
+    raise UserError(f'the vocabulary holds {len(words)} word(s) {" ".join(words)}: nothing to '
+                    'predict; use texts with more words' + (' or a larger --num_words'
+                                                           if data_config.num_words else ''))
   min_words = data_config.training_length + data_config.min_extra_words
   sequences = [s for s in tokenizer.texts_to_sequences(texts) if len(s) > min_words]
   if not sequences:
@@ -246,10 +253,11 @@ def prepare(config: Config) -> Dataset:
     train, valid, test = [windows.subset(part)
                           for part in _split(len(windows), data_config, rng)]
     train_texts, valid_texts = None, sequences
-  if not len(train) or not len(valid):
-    raise UserError(f'{len(sequences)} kept texts are too few to split into train and '
-                    'validation windows; use more data or change the fractions')
   duplicates = len(sequences) - len(set(map(tuple, sequences)))
+  if not len(train) or not len(valid):
+    raise UserError(f'{len(sequences)} kept texts ({len(sequences) - duplicates} distinct) are '
+                    'too few to split into train and validation windows; use more data or '
+                    'change the fractions')
   return Dataset(tokenizer, len(texts), len(sequences), train, valid, test, valid_texts,
                  train_texts, duplicates)
 
@@ -294,20 +302,20 @@ def _split(num_items: int, config: DataConfig, rng: np.random.Generator) -> list
 
 
 def batches(windows: Windows | Chunks, batch_size: int, *, seed: int | None = None,
-            epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            epoch: int = 0, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Yields (features: int32[batch, length], labels, weights) with labels and weights int32 and
-  float32 [batch] for Windows, [batch, length] for Chunks.
+  float32 [batch] for Windows, [batch, length] for Chunks, from the `start`-th batch on.
 
   Every batch has `batch_size` rows, so one compiled step serves them all: the last one is
   padded with weight-0 rows. Label 0 (padding) weighs 0 too. With a seed, the order is a
   permutation drawn from (seed, epoch) alone, so any epoch's batches can be rebuilt after a
-  restart.
+  restart, and a run resumed inside an epoch goes on with the batches it had not done.
   """
   if seed is None:
     order = np.arange(len(windows))
   else:
     order = np.random.default_rng((seed, epoch)).permutation(len(windows))
-  for begin in range(0, len(order), batch_size):
+  for begin in range(start * batch_size, len(order), batch_size):
     indices = order[begin:begin + batch_size]
     rows = np.arange(batch_size) < len(indices)
     indices = np.pad(indices, (0, batch_size - len(indices)))

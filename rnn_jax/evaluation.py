@@ -171,10 +171,11 @@ def table(results: dict[str, Any]) -> str:
 
 
 def _epoch(workdir: str | Path, checkpoint: str) -> int:
-  """The epoch after which the best or latest checkpoint was saved."""
+  """The epochs finished when the best or latest checkpoint was saved."""
   manager = checkpoints.manager(workdir)
   try:
-    return manager.best_step() if checkpoint == 'best' else manager.latest_step()
+    step = manager.best_step() if checkpoint == 'best' else manager.latest_step()
+    return checkpoints.progress_of(manager, step)['epoch']
   finally:
     manager.close()
 

@@ -21,6 +21,7 @@ from rnn_jax import ngram
 from rnn_jax.configs import Config
 
 Metrics = dict[str, jax.Array]  # sums over windows, plus their 'count'
+COUNTS = ('count', 'skipped')  # windows counted and batches skipped: not sums over windows
 
 
 def batch_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array,
@@ -47,9 +48,10 @@ def eval_step(state: train_state.TrainState, batch: tuple[jax.Array, ...]) -> Me
 
 
 def summarize(sums: dict[str, Any]) -> dict[str, float]:
-  """Means per window from summed metrics (host values)."""
+  """Means per window from summed metrics (host values); NaN when no window counted."""
   count = float(sums['count'])
-  means = {k: float(v) / count for k, v in sums.items() if k != 'count'}
+  means = {k: float(v) / count if count else math.nan for k, v in sums.items()
+           if k not in COUNTS}
   means['perplexity'] = math.exp(min(means['loss'], 700.0))
   return means
 
@@ -81,8 +83,9 @@ def baselines(train: data.Windows, windows: data.Windows, vocab_size: int) -> di
 def final_evaluation(workdir: Path, manager, state, dataset: data.Dataset, eval_fn,
                      config: Config) -> dict[str, Any]:
   """Scores the best checkpoint on validation (and test) beside the naive and n-gram baselines."""
-  best = manager.best_step()
-  state, _ = checkpoints.restore(manager, best, state)
+  step = manager.best_step()
+  state, progress = checkpoints.restore(manager, step, state)
+  best = progress['epoch']
   results = {'best_epoch': best}
   for name, windows in (('valid', dataset.valid), ('test', dataset.test)):
     if not len(windows):
@@ -95,5 +98,5 @@ def final_evaluation(workdir: Path, manager, state, dataset: data.Dataset, eval_
     logging.info('Best epoch %d on %s: loss %.4f accuracy %.4f top-5 %.4f | baselines: %s', best,
                  name, scores['loss'], scores['accuracy'], scores['top5_accuracy'],
                  ' '.join(f'{key} {value:.4f}' for key, value in naive.items()))
-  (workdir / checkpoints.RESULTS).write_text(json.dumps(results, indent=2))
+  checkpoints.write_file(workdir / checkpoints.RESULTS, json.dumps(results, indent=2))
   return results

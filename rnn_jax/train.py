@@ -1,8 +1,9 @@
 """Training: optax Adam, the jitted step, the epoch loop with early stopping, orbax checkpoints."""
 
+import functools
 import json
+import math
 from pathlib import Path
-import sys
 import time
 from typing import Any
 
@@ -17,8 +18,10 @@ import optax
 
 from rnn_jax import checkpoints
 from rnn_jax import data
-from rnn_jax import metrics
 from rnn_jax import embeddings
+from rnn_jax import metrics
+from rnn_jax import preemption
+from rnn_jax import progress_line
 from rnn_jax.configs import Config, TrainConfig
 from rnn_jax.errors import UserError
 from rnn_jax.models import WordLSTM
@@ -56,10 +59,15 @@ def create_train_state(config: Config, vocab_size: int,
   return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
-def train_step(state: train_state.TrainState, batch: tuple[jax.Array, ...],
-               dropout_key: jax.Array) -> tuple[train_state.TrainState, metrics.Metrics]:
+def train_step(state: train_state.TrainState, batch: tuple[jax.Array, ...], dropout_key: jax.Array,
+               *, skip_nonfinite: bool = False) -> tuple[train_state.TrainState, metrics.Metrics]:
   """One Adam step on features: int32[batch, time] and labels, weights: int32, f32[batch] (the
-  word after each window) or [batch, time] (the next word at every position)."""
+  word after each window) or [batch, time] (the next word at every position).
+
+  A NaN or infinite loss or gradient makes the returned loss NaN; with `skip_nonfinite` the
+  weights and optimizer state stay as they were instead, the batch's metrics count nothing, and
+  the sums' 'skipped' is 1.
+  """
   features, labels, weights = batch
   every_position = labels.ndim == 2
   if every_position:  # the model puts time first
@@ -72,32 +80,20 @@ def train_step(state: train_state.TrainState, batch: tuple[jax.Array, ...],
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1), (logits, losses)
 
-  (_, (logits, losses)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  return state.apply_gradients(grads=grads), metrics.batch_metrics(logits, labels, weights, losses)
-
-
-class Progress:
-  """A live progress line inside an epoch: steps, windows per second, time left."""
-
-  def __init__(self, epoch: int, num_steps: int, batch_size: int):
-    self.epoch, self.num_steps, self.batch_size = epoch, num_steps, batch_size
-    self.start = time.perf_counter()
-    self.live = sys.stderr.isatty()
-
-  def update(self, step: int, means: dict[str, float]):
-    elapsed = time.perf_counter() - self.start
-    rate = step * self.batch_size / max(elapsed, 1e-9)
-    left = elapsed / step * (self.num_steps - step)
-    line = (f'epoch {self.epoch} step {step}/{self.num_steps}  loss {means["loss"]:.4f}  '
-            f'accuracy {means["accuracy"]:.4f}  {rate:,.0f} windows/s  ETA {left:.0f}s')
-    if self.live:
-      print('\r' + line, end='', file=sys.stderr, flush=True)
-    else:
-      logging.info(line)
-
-  def done(self):
-    if self.live:
-      print('\r\033[K', end='', file=sys.stderr, flush=True)
+  (loss, (logits, losses)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  sums = metrics.batch_metrics(logits, labels, weights, losses)
+  # A finite loss with a non-finite gradient poisons the weights all the same.
+  finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g))
+                                                   for g in jax.tree.leaves(grads)]))
+  updated = state.apply_gradients(grads=grads)
+  if not skip_nonfinite:
+    return updated, sums | {'loss': jnp.where(finite, sums['loss'], jnp.nan)}
+  keep = lambda new, old: jnp.where(finite, new, old)
+  # The step count still advances: dropout keys and checkpoint numbers follow the batches.
+  updated = updated.replace(params=jax.tree.map(keep, updated.params, state.params),
+                            opt_state=jax.tree.map(keep, updated.opt_state, state.opt_state))
+  sums = {name: jnp.where(finite, value, 0.0) for name, value in sums.items()}
+  return updated, sums | {'skipped': (~finite).astype(jnp.float32)}
 
 
 def training_data(dataset: data.Dataset, config: Config) -> data.Windows | data.Chunks:
@@ -108,30 +104,47 @@ def training_data(dataset: data.Dataset, config: Config) -> data.Windows | data.
   return dataset.train
 
 
-def train_epoch(step_fn, state, windows: data.Windows | data.Chunks, config: Config, epoch: int,
-                dropout_key: jax.Array) -> tuple[Any, dict[str, float]]:
-  """Runs one shuffled pass; metrics stay on the device until a log step reads them."""
-  batch_size = config.train.batch_size
-  progress = Progress(epoch, -(-len(windows) // batch_size), batch_size)
-  pending, totals = [], {}
-  batches = data.batches(windows, batch_size, seed=config.seed, epoch=epoch)
-  for step, batch in enumerate(batches, 1):
-    state, sums = step_fn(state, batch, dropout_key)
-    pending.append(sums)
-    if step % config.train.log_every == 0 or step == progress.num_steps:
-      _accumulate(totals, jax.device_get(pending), int(state.step) - len(pending))
-      pending = []
-      progress.update(step, metrics.summarize(totals))
-  progress.done()
-  return state, metrics.summarize(totals)
+def train_epoch(step_fn, state, windows: data.Windows | data.Chunks, config: Config,
+                progress: dict[str, Any], dropout_key: jax.Array, save_inside,
+                stop: preemption.StopRequest) -> tuple[Any, dict[str, float]]:
+  """Runs the epoch after progress['epoch'] from where `progress` left it; returns the state and
+  the epoch's metric sums. Metrics stay on the device until a log step or a save reads them.
+
+  `save_inside(state, step, position)` saves at every checkpoint_every_steps-th global step and
+  when `stop` notes a signal, except at the epoch's last step: the epoch's own checkpoint follows.
+  """
+  epoch, done = progress['epoch'] + 1, progress.get('batches_done', 0)
+  batch_size, every = config.train.batch_size, config.train.checkpoint_every_steps
+  num_steps = -(-len(windows) // batch_size)
+  line = progress_line.ProgressLine(epoch, num_steps, batch_size, done)
+  pending, totals = [], dict(progress.get('train_sums', {}))
+  batches = data.batches(windows, batch_size, seed=config.seed, epoch=epoch, start=done)
+  try:  # the line is cleared also when a stop or a NaN ends the epoch early
+    for step, batch in enumerate(batches, done + 1):
+      state, sums = step_fn(state, batch, dropout_key)
+      pending.append(sums)
+      global_step = (epoch - 1) * num_steps + step
+      save = step < num_steps and (stop.signum is not None or every and global_step % every == 0)
+      if save or step % config.train.log_every == 0 or step == num_steps:
+        # Read before every save too: a non-finite loss stops the run before its state is saved.
+        _accumulate(totals, jax.device_get(pending), global_step - len(pending))
+        pending = []
+        line.update(step, metrics.summarize(totals))
+      if save:
+        # A copy: orbax writes the JSON in the background while the sums go on growing.
+        save_inside(state, global_step, {'batches_done': step, 'train_sums': dict(totals)})
+  finally:
+    line.done()
+  return state, totals
 
 
 def _accumulate(totals: dict[str, float], steps: list[dict[str, np.ndarray]], first_step: int):
   """Adds per-step sums to totals; a non-finite loss stops the run, naming its step."""
   for offset, sums in enumerate(steps):
     if not np.isfinite(sums['loss']):
-      raise UserError(f'the training loss became {sums["loss"]} at step '
-                      f'{first_step + offset + 1}; lower --learning_rate or set --clip_norm')
+      raise UserError(f'the training loss or its gradient became non-finite at step '
+                      f'{first_step + offset + 1} (loss {sums["loss"]}); lower --learning_rate, '
+                      'set --clip_norm, or pass --skip_nonfinite to skip such batches')
     for name, value in sums.items():
       totals[name] = totals.get(name, 0.0) + float(value)
 
@@ -159,69 +172,110 @@ def _fresh_state(config: Config, dataset: data.Dataset) -> train_state.TrainStat
 
 
 def _start_or_resume(workdir: Path, config: Config, dataset: data.Dataset, resume: bool):
-  """(state, progress, checkpoint manager) to go on from: the latest checkpoint's, or fresh."""
-  state = None
+  """(state, progress) to go on from: the latest readable checkpoint's, or fresh."""
+  state, progress = None, {'epoch': 0}
   if resume and checkpoints.has_run(workdir):
     _, saved_tokenizer = checkpoints.read_run(workdir)
     if saved_tokenizer.word_index != dataset.tokenizer.word_index:
       raise UserError(f'the data changed since the run in {workdir} began (another vocabulary)')
+    checkpoints.write_config(workdir, config)
+    restored = checkpoints.restore_latest(
+        workdir, create_train_state(config, dataset.tokenizer.vocab_size))
+    if restored:
+      state, progress = restored
+      logging.info('Resuming %s at step %d: %d epochs done and %d batches of the next', workdir,
+                   int(state.step), progress['epoch'], progress.get('batches_done', 0))
   else:
     # Before start_run clears the work dir: a bad vectors file leaves it as it was.
     state = _fresh_state(config, dataset)
     checkpoints.start_run(workdir, config, dataset.tokenizer)
-  manager = checkpoints.manager(workdir)
-  progress = {'epoch': 0}
-  if manager.latest_step() is not None:
-    target = create_train_state(config, dataset.tokenizer.vocab_size)
-    state, progress = checkpoints.restore(manager, manager.latest_step(), target)
-    logging.info('Resuming %s after epoch %d', workdir, progress['epoch'])
-  elif state is None:  # a resumed run that ended before its first checkpoint
+  if state is None:  # a resumed run that ended before its first checkpoint
     state = _fresh_state(config, dataset)
   # Epochs after the checkpoint (a crash before its save finished) will run again.
   checkpoints.truncate_metrics(workdir, progress['epoch'])
-  return state, progress, manager
+  return state, progress
 
 
 def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = False,
                        overwrite: bool = False) -> dict[str, Any]:
-  """Trains until early stopping, then scores the best checkpoint; returns the final results."""
+  """Trains until early stopping, then scores the best checkpoint; returns the final results.
+
+  SIGTERM or SIGINT stops it after the step in flight with its state saved: raises
+  `preemption.Stopped`. A failed write (a full disk) raises UserError; complete checkpoints stay.
+  """
   workdir = Path(workdir)
   config = checkpoints.config_for(workdir, config, resume=resume, overwrite=overwrite)
   dataset = data.prepare(config)
   logging.info('Data: %s', json.dumps(dataset.summary()))
   if not config.model.trainable_embeddings and not config.model.pretrained_embeddings:
     logging.warning('Frozen embeddings without pre-trained vectors stay at their random init.')
-  state, progress, manager = _start_or_resume(workdir, config, dataset, resume)
+  state, progress = _start_or_resume(workdir, config, dataset, resume)
+  manager = checkpoints.manager(workdir, training=True)
+  try:
+    with preemption.StopRequest() as stop:
+      state = _train(config, dataset, workdir, manager, state, progress, stop)
+    checkpoints.finish(manager)
+    eval_fn = jax.jit(metrics.eval_step)
+    return metrics.final_evaluation(workdir, manager, state, dataset, eval_fn, config)
+  finally:
+    checkpoints.close(manager)  # waits for a save in flight, whatever stopped the run
+
+
+def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state, progress,
+           stop: preemption.StopRequest):
+  """The epoch loop with early stopping, from `progress` on; returns the last state."""
   stopper = _early_stopping(config.train, progress)
-  step_fn = jax.jit(train_step, donate_argnums=0)
+  step_fn = jax.jit(functools.partial(train_step, skip_nonfinite=config.train.skip_nonfinite),
+                    donate_argnums=0)
   eval_fn = jax.jit(metrics.eval_step)
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   train_data = training_data(dataset, config)
-  try:
-    for epoch in range(progress['epoch'] + 1, config.train.max_epochs + 1):
-      if stopper.should_stop:
-        break
-      start = time.perf_counter()
-      state, train_metrics = train_epoch(step_fn, state, train_data, config, epoch, dropout_key)
-      val = metrics.evaluate(eval_fn, state, dataset.valid, config.train.eval_batch_size)
-      stopper = stopper.update(val['loss'])
-      record = {'epoch': epoch, 'train_loss': train_metrics['loss'],
-                'train_accuracy': train_metrics['accuracy'], 'val_loss': val['loss'],
-                'val_accuracy': val['accuracy'], 'val_top5_accuracy': val['top5_accuracy'],
-                'seconds': round(time.perf_counter() - start, 2)}
-      progress = {'epoch': epoch, 'best_metric': stopper.best_metric,
-                  'patience_count': stopper.patience_count}
-      checkpoints.save(manager, epoch, state, progress, val['loss'])
-      checkpoints.append_metrics(workdir, record)
-      logging.info('Epoch %d: train loss %.4f accuracy %.4f | val loss %.4f accuracy %.4f '
-                   'top-5 %.4f | %.0fs%s', epoch, train_metrics['loss'],
-                   train_metrics['accuracy'], val['loss'], val['accuracy'],
-                   val['top5_accuracy'], record['seconds'],
-                   ' (best)' if stopper.has_improved else '')
-    manager.wait_until_finished()
-    return metrics.final_evaluation(workdir, manager, state, dataset, eval_fn, config)
-  finally:
-    manager.close()
+
+  def save_inside(state, step: int, position: dict[str, Any]):
+    checkpoints.save(manager, step, state, progress | position)
+    _stop_if_asked(manager, stop, step)
+
+  for epoch in range(progress['epoch'] + 1, config.train.max_epochs + 1):
+    if stopper.should_stop:
+      break
+    start = time.perf_counter()
+    state, sums = train_epoch(step_fn, state, train_data, config, progress, dropout_key,
+                              save_inside, stop)
+    train_metrics = metrics.summarize(sums)
+    val = metrics.evaluate(eval_fn, state, dataset.valid, config.train.eval_batch_size)
+    if not math.isfinite(val['loss']):
+      raise UserError(f'the validation loss became {val["loss"]} after epoch {epoch}, which is '
+                      'not saved (the last good checkpoint stays); lower --learning_rate or set '
+                      '--clip_norm')
+    stopper = stopper.update(val['loss'])
+    record = {'epoch': epoch, 'train_loss': train_metrics['loss'],
+              'train_accuracy': train_metrics['accuracy'], 'val_loss': val['loss'],
+              'val_accuracy': val['accuracy'], 'val_top5_accuracy': val['top5_accuracy'],
+              'seconds': round(time.perf_counter() - start, 2)}
+    if config.train.skip_nonfinite:
+      record['skipped_batches'] = int(sums.get('skipped', 0))
+    progress = {'epoch': epoch, 'best_metric': stopper.best_metric,
+                'patience_count': stopper.patience_count}
+    # The line goes first: if the checkpoint is not complete when a kill comes, --resume
+    # drops the line and runs the epoch again.
+    checkpoints.append_metrics(workdir, record)
+    checkpoints.save(manager, int(state.step), state, progress, val['loss'])
+    logging.info('Epoch %d: train loss %.4f accuracy %.4f | val loss %.4f accuracy %.4f '
+                 'top-5 %.4f | %.0fs%s%s', epoch, train_metrics['loss'],
+                 train_metrics['accuracy'], val['loss'], val['accuracy'],
+                 val['top5_accuracy'], record['seconds'],
+                 ' (best)' if stopper.has_improved else '',
+                 f' | {record["skipped_batches"]} batches skipped' if 'skipped_batches' in record
+                 else '')
+    _stop_if_asked(manager, stop, int(state.step))
+  return state
+
+
+def _stop_if_asked(manager, stop: preemption.StopRequest, step: int):
+  """After a signal: waits until the checkpoint at `step` is written, then ends the run."""
+  if stop.signum is not None:
+    checkpoints.finish(manager)
+    raise stop.stopped(manager.directory / str(step))
 
 
 def load(workdir: str | Path, which: str = 'best') -> tuple[Config, Any, WordLSTM, Any]:
@@ -232,8 +286,9 @@ def load(workdir: str | Path, which: str = 'best') -> tuple[Config, Any, WordLST
   manager = checkpoints.manager(workdir)
   try:
     step = manager.best_step() if which == 'best' else manager.latest_step()
-    if step is None:
-      raise UserError(f'{workdir} holds no checkpoint yet')
+    if step is None:  # 'best' is among the epochs' checkpoints, not those inside an epoch
+      raise UserError(f'{workdir} holds no {"epoch-end " if which == "best" else ""}'
+                      'checkpoint yet')
     target = create_train_state(config, tokenizer.vocab_size)
     state, _ = checkpoints.restore(manager, step, target)
   finally:

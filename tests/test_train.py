@@ -141,7 +141,7 @@ def test_frozen_embeddings_keep_the_given_matrix(corpus):
 def test_a_non_finite_loss_names_its_step():
   steps = [{'loss': np.float32(1.0), 'count': np.float32(2)},
            {'loss': np.float32(np.nan), 'count': np.float32(2)}]
-  with pytest.raises(UserError, match='became nan at step 12'):
+  with pytest.raises(UserError, match=r'became non-finite at step 12 \(loss nan\)'):
     train._accumulate({}, steps, first_step=10)
 
 
