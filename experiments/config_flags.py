@@ -17,6 +17,7 @@ from rnn_jax.configs import Config
 from rnn_jax.errors import UserError
 
 CONFIGS = Path(__file__).parent / 'configs'  # the flagfiles that ship with the package
+TRAIN_ONLY = ('samples', 'sample_words', 'temperature')  # what training flagfiles may add
 ESCAPED = ('filters',)  # read with backslash escapes (\t, \n, \\), as in a Python string
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
            str: flags.DEFINE_string}
@@ -70,11 +71,12 @@ def _quiet_orbax(record: std_logging.LogRecord) -> bool:
           and 'did not provide metrics' not in record.getMessage())
 
 
-def run(main, *, generates: bool = False):
+def run(main, *, generates: bool = False, ignores: tuple[str, ...] = ()):
   """app.run, with bad input reported on one line instead of a traceback.
 
   Tunes the host allocator first, before jax starts its threads, for training or, when the entry
-  point `generates` text, for generation (see `rnn_jax.allocator`).
+  point `generates` text, for generation (see `rnn_jax.allocator`). Flags named in `ignores` are
+  accepted and left alone (absl's --undefok): another entry point's flags in a shared flagfile.
   """
   allocator.keep_freed_memory(one_arena=not generates)
   # jax probes for a TPU on every start and logs its absence: noise a user cannot act on.
@@ -96,6 +98,8 @@ def run(main, *, generates: bool = False):
     argv = expand_flagfiles(sys.argv)
   except UserError as e:
     _exit(e)
+  if ignores:
+    argv.append(f'--undefok={",".join(ignores)}')
   app.run(guarded, argv=argv, flags_parser=_parse_flags)
 
 

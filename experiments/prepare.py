@@ -21,4 +21,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.run(main)
+  # Training's flagfiles work here too: the flags only training reads are let through.
+  config_flags.run(main, ignores=config_flags.TRAIN_ONLY)

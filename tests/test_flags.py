@@ -46,3 +46,15 @@ def test_a_nested_flagfile_works_from_another_directory(tmp_path):
       cwd=tmp_path, env=os.environ | {'PYTHONPATH': str(REPO)}, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
   assert '"num_texts": 20' in result.stdout
+
+
+def test_prepare_reads_a_training_flagfile_with_flags_only_training_knows(tmp_path):
+  data_file = tmp_path / 'docs.txt'
+  data_file.write_text('\n'.join(f'word{i % 5} ' * 40 for i in range(20)))
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.prepare', '--flagfile=quickstart.flags',
+       f'--data={data_file}'],
+      cwd=tmp_path, env=os.environ | {'PYTHONPATH': str(REPO)}, capture_output=True, text=True)
+  assert '--samples' in (REPO / 'experiments/configs/quickstart.flags').read_text()
+  assert result.returncode == 0, result.stderr
+  assert '"num_texts": 20' in result.stdout
