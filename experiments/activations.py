@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import config_flags
+from experiments import figures
 from rnn_jax import seeds
 from rnn_jax import train
 from rnn_jax.errors import UserError
@@ -33,9 +34,9 @@ HEATMAP = 'activations.png'
 def main(argv):
   del argv
   # Checked before the model is read: a missing matplotlib or a bad --out fails at once.
-  figure_classes = _matplotlib() if FLAGS.heatmap else None
+  new_figure = figures.figure_maker('the heat map', '--noheatmap') if FLAGS.heatmap else None
   out = Path(FLAGS.out) if FLAGS.out else Path(FLAGS.workdir) / HEATMAP
-  if figure_classes and out.suffix.lower() != '.png':
+  if new_figure and out.suffix.lower() != '.png':
     raise UserError(f'--out must name a .png file, not {out}')
   config, tokenizer, model, params = train.load(FLAGS.workdir, FLAGS.checkpoint)
   seed = seeds.from_text(FLAGS.text, tokenizer)
@@ -50,8 +51,8 @@ def main(argv):
   if seed.unknown:
     fate = f'read as {tokenizer.oov_token}' if tokenizer.oov_token else 'left out'
     print(f'(not in the vocabulary, {fate}: {", ".join(seed.unknown)})')
-  if figure_classes:
-    print(f'Wrote {draw_heatmap(figure_classes, words, states, out)}')
+  if new_figure:
+    print(f'Wrote {draw_heatmap(new_figure, words, states, out)}')
 
 
 def hidden_states(model: WordLSTM, params, tokens: list[int]) -> np.ndarray:
@@ -82,37 +83,19 @@ def top_units_text(words: list[str], states: np.ndarray, masked: list[bool], top
   return '\n'.join(lines)
 
 
-def _matplotlib():
-  # Imported here: matplotlib is an optional extra (see experiments/plot.py).
-  try:
-    # pylint: disable=import-outside-toplevel
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-  except ImportError:
-    raise UserError("the heat map needs matplotlib: pip install 'rnn-jax[plot]', or pass "
-                    '--noheatmap') from None
-  return Figure, FigureCanvasAgg
-
-
-def draw_heatmap(figure_classes, words: list[str], states: np.ndarray, out: Path) -> Path:
+def draw_heatmap(new_figure, words: list[str], states: np.ndarray, out: Path) -> Path:
   """Draws f32[words, units] `states` as a words x units heat map into the PNG `out`."""
-  figure_class, canvas_class = figure_classes
   units = states.shape[1]
   # Sized so that a word's row and a unit's column stay readable for long texts and wide layers.
-  figure = figure_class(figsize=(max(6, 2 + 0.15 * units), 1.5 + 0.3 * len(words)),
-                        layout='constrained')
-  canvas_class(figure)
+  figure = new_figure(figsize=(max(6, 2 + 0.15 * units), 1.5 + 0.3 * len(words)),
+                      layout='constrained')
   axes = figure.subplots()
   image = axes.imshow(states, cmap='RdBu_r', vmin=-1, vmax=1, aspect='auto',
                       interpolation='nearest')
   axes.set_yticks(range(len(words)), words)
   axes.set(xlabel='unit', title='hidden state h after each word')
   figure.colorbar(image, ax=axes, label='h')
-  try:
-    figure.savefig(out)
-  except OSError as e:
-    raise UserError(f'cannot write {out}: {e.strerror}') from None
-  return out
+  return figures.save(figure, out)
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ from absl import flags
 import numpy as np
 
 from experiments import config_flags
+from experiments import figures
 from rnn_jax import embeddings
 from rnn_jax import train
 from rnn_jax.errors import UserError
@@ -34,7 +35,7 @@ MAP_SIZE = (12, 10)  # inches
 def main(argv):
   del argv
   # Checked before anything is written: a missing matplotlib is no half-done export.
-  figure_classes = _matplotlib() if FLAGS.map else None
+  new_figure = figures.figure_maker('the map', '--nomap') if FLAGS.map else None
   _, tokenizer, _, params = train.load(FLAGS.workdir, FLAGS.checkpoint)
   matrix = np.asarray(params['embed']['embedding'], np.float32)
   rows = top_rows(matrix, FLAGS.top_n)
@@ -44,8 +45,8 @@ def main(argv):
   counts = [tokenizer.word_counts.get(word, 0) for word in words]
   left_out = min(FLAGS.top_n, len(matrix) - 1) - len(rows)
   paths = embeddings.write_projector(FLAGS.out, words, counts, matrix[rows])
-  if figure_classes:
-    paths += (draw_map(figure_classes, words, matrix[rows], FLAGS.map_words,
+  if new_figure:
+    paths += (draw_map(new_figure, words, matrix[rows], FLAGS.map_words,
                        Path(FLAGS.out) / MAP),)
   print(f'Exported {len(rows):,} words' + (f' ({left_out:,} without a vector left out)'
                                             if left_out else ''))
@@ -58,39 +59,21 @@ def top_rows(matrix: np.ndarray, top_n: int) -> list[int]:
   return [int(row) for row in rows[matrix[rows].any(axis=1)]]
 
 
-def _matplotlib():
-  # Imported here: matplotlib is an optional extra (see experiments/plot.py).
-  try:
-    # pylint: disable=import-outside-toplevel
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-  except ImportError:
-    raise UserError("the map needs matplotlib: pip install 'rnn-jax[plot]', or pass "
-                    '--nomap') from None
-  return Figure, FigureCanvasAgg
-
-
-def draw_map(figure_classes, words: list[str], vectors: np.ndarray, named: int,
+def draw_map(new_figure, words: list[str], vectors: np.ndarray, named: int,
              out: Path) -> Path:
   """Draws the words of f32[n, dim] `vectors` on their first two principal components.
 
   Rows are scaled to length 1 first, so that the map shows directions, as cosine neighbours do.
   """
-  figure_class, canvas_class = figure_classes
   points = embeddings.pca_2d(embeddings.unit_rows(vectors))
-  figure = figure_class(figsize=MAP_SIZE, layout='constrained')
-  canvas_class(figure)
+  figure = new_figure(figsize=MAP_SIZE, layout='constrained')
   axes = figure.subplots()
   axes.scatter(points[:, 0], points[:, 1], s=4, color='0.7', linewidths=0)
   for word, (x, y) in zip(words[:named], points[:named]):
     axes.annotate(word, (x, y), fontsize=8, ha='center', va='center')
   axes.set(title=f'{len(words):,} most frequent words, PCA of the unit vectors',
            xlabel='first principal component', ylabel='second principal component')
-  try:
-    figure.savefig(out)
-  except OSError as e:
-    raise UserError(f'cannot write {out}: {e.strerror}') from None
-  return out
+  return figures.save(figure, out)
 
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ from pathlib import Path
 from absl import flags
 
 from experiments import config_flags
+from experiments import figures
 from rnn_jax import checkpoints
 from rnn_jax.errors import UserError
 
@@ -42,11 +43,7 @@ def plot_metrics(workdir: str | Path, out: str | Path | None = None) -> Path:
     raise UserError(f'--out must name a .png file, not {out}')
   records = read_metrics(workdir / checkpoints.METRICS)
   figure = _draw(records, workdir.absolute().name)
-  try:
-    figure.savefig(out)
-  except OSError as e:
-    raise UserError(f'cannot write {out}: {e.strerror}') from None
-  return out
+  return figures.save(figure, out)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -82,17 +79,10 @@ def _record(path: Path, number: int, line: str) -> dict:
 
 def _draw(records: list[dict], title: str):
   """A figure with one panel per entry of PANELS."""
-  # Imported here: matplotlib is an optional extra, and the library-level Agg canvas leaves the
-  # caller's pyplot backend (a notebook's, say) as it was.
-  try:
-    # pylint: disable=import-outside-toplevel
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
-  except ImportError:
-    raise UserError("plotting needs matplotlib: pip install 'rnn-jax[plot]'") from None
-  figure = Figure(figsize=(PANEL_SIZE[0] * len(PANELS), PANEL_SIZE[1]), layout='constrained')
-  FigureCanvasAgg(figure)
+  new_figure = figures.figure_maker('plotting')
+  # pylint: disable-next=import-outside-toplevel
+  from matplotlib.ticker import MaxNLocator, PercentFormatter  # present: figure_maker checked
+  figure = new_figure(figsize=(PANEL_SIZE[0] * len(PANELS), PANEL_SIZE[1]), layout='constrained')
   figure.suptitle(title)
   for axes, (panel, lines) in zip(figure.subplots(1, len(PANELS)), PANELS.items()):
     for suffix, label_suffix, style in lines:
