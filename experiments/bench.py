@@ -7,7 +7,8 @@ with one sync at the end, the fastest of three passes: rnn-jax's train_step (as 
 without LSTM dropout) and eval_step, the input pipeline alone, the model written plainly with
 Flax linen, and Keras 3 on the JAX backend. The roofline is a step's matmuls alone, each at the
 rate its shape runs here now. --smoke: tiny shapes, no corpus, seconds. The last line is one
-JSON object.
+JSON object. --mesh_shape splits rnn-jax's training batches over that many devices (force CPU
+devices with JAX_NUM_CPU_DEVICES=N); the other figures use one device.
 """
 
 import dataclasses
@@ -33,10 +34,12 @@ from experiments import config_flags
 from rnn_jax import data
 from rnn_jax import metrics
 from rnn_jax import models
+from rnn_jax import parallel
 from rnn_jax import train
 from rnn_jax.configs import Config, ModelConfig
 
 config_flags.define_config_flags()
+config_flags.define_parallel_flags()
 flags.adopt_module_key_flags(config_flags)
 flags.DEFINE_integer('steps', 20, 'Batches timed per figure, after compilation.', lower_bound=1)
 flags.DEFINE_bool('smoke', False, 'Tiny synthetic shapes, no corpus: checks that all runs.')
@@ -53,14 +56,16 @@ Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # features, labels, weights
 
 def main(argv):
   del argv
+  mesh = config_flags.parallel_from_flags()
   logging.info('JAX %s on %s', jax.__version__, jax.devices())
   config, vocab, windows = _setup(config_flags.config_from_flags())
+  mesh.check_batch_size(config.train.batch_size, 'batch_size')
   batch, length = config.train.batch_size, config.data.training_length
   rng = np.random.default_rng(config.seed)
   batches = [(rng.integers(1, vocab, (batch, length), np.int32),
               rng.integers(1, vocab, batch, np.int32), np.ones(batch, np.float32))
              for _ in range(FLAGS.steps)]
-  rates, compile_seconds, peak_rss_mb = _measure(config, vocab, windows, batches)
+  rates, compile_seconds, peak_rss_mb = _measure(config, vocab, windows, batches, mesh)
   print(f'{"":24} {"windows/s":>12}')
   for name, rate in rates.items():
     print(f'{name:24} {"-" if rate is None else f"{rate:,.0f}":>12}')
@@ -75,18 +80,20 @@ def main(argv):
               'peak_rss_mb': round(peak_rss_mb, 1),
               'steps': FLAGS.steps, 'batch_size': batch, 'training_length': length,
               'vocab_size': vocab, 'smoke': FLAGS.smoke, 'jax': jax.__version__,
-              'device': str(jax.devices()[0])}
+              'device': str(jax.devices()[0]), 'mesh': dict(mesh.mesh.shape)}
   print(json.dumps(results))
 
 
-def _measure(config: Config, vocab: int, windows: data.Windows,
-             batches: list[Batch]) -> tuple[dict[str, float | None], float, float]:
+def _measure(config: Config, vocab: int, windows: data.Windows, batches: list[Batch],
+             mesh: parallel.Parallel) -> tuple[dict[str, float | None], float, float]:
   """(windows/s by name, seconds to compile rnn-jax's train step, rnn-jax's peak memory in MB).
 
-  The peak is read before the other systems run: the allocator keeps what they free.
+  rnn-jax's train step runs on `mesh`, each batch split over it as training does; the other
+  figures on one device. The peak is read before the other systems run: the allocator keeps
+  what they free.
   """
   train_rate, compile_seconds = _train(train.create_train_state(config, vocab),
-                                       train.train_step, batches)
+                                       train.train_step, batches, mesh)
   no_dropout = dataclasses.replace(config.model, dropout=0.0, recurrent_dropout=0.0)
   no_dropout_state = train.create_train_state(dataclasses.replace(config, model=no_dropout), vocab)
   eval_step = jax.jit(metrics.eval_step)
@@ -132,13 +139,20 @@ def _windows_per_s(step, carry, batches: list[Batch]) -> float:
   return sum(len(batch[0]) for batch in batches) / best
 
 
-def _train(state: train_state.TrainState, step_fn, batches: list[Batch]) -> tuple[float, float]:
-  """(windows/s, seconds to compile) of `step_fn(state, batch, key)`, jitted as training runs it."""
+def _train(state: train_state.TrainState, step_fn, batches: list[Batch],
+           mesh: parallel.Parallel | None = None) -> tuple[float, float]:
+  """(windows/s, seconds to compile) of `step_fn(state, batch, key)`, jitted as training runs it,
+  on one device or, with `mesh`, with each batch split over it."""
   key = jax.random.key(0)
+  place = lambda batch: batch
+  if mesh:
+    state, key = mesh.place((state, key))
+    place = lambda batch: mesh.batch(batch, len(batch[0]))
   start = time.perf_counter()
-  step = jax.jit(step_fn, donate_argnums=0).lower(state, batches[0], key).compile()
+  step = jax.jit(step_fn, donate_argnums=0).lower(state, place(batches[0]), key).compile()
   compile_seconds = time.perf_counter() - start
-  return _windows_per_s(lambda s, batch: step(s, batch, key), state, batches), compile_seconds
+  return (_windows_per_s(lambda s, batch: step(s, place(batch), key), state, batches),
+          compile_seconds)
 
 
 def _input_pipeline(config: Config, windows: data.Windows) -> float:

@@ -12,6 +12,7 @@ from absl import flags
 from absl import logging
 
 from rnn_jax import allocator
+from rnn_jax import parallel
 from rnn_jax import preemption
 from rnn_jax.configs import Config
 from rnn_jax.errors import UserError
@@ -52,6 +53,36 @@ def config_from_flags() -> Config:
   for name in ESCAPED:
     values[name] = values[name].encode('latin-1', 'backslashreplace').decode('unicode_escape')
   return Config.from_flat(values)
+
+
+def define_parallel_flags():
+  """Where training runs: a mesh of devices, and the processes of a multi-host run."""
+  flags.DEFINE_list('mesh_shape', [], 'Devices along the mesh axes data[,model]; default: every '
+                    'device on data. The batch size must divide by data.')
+  flags.DEFINE_bool('shard_params', False, "Split the vocabulary-sized matrices (embedding, "
+                    "output layer) over the mesh's model axis instead of replicating them.")
+  flags.DEFINE_string('coordinator_address', '', "host:port of process 0 in a run over several "
+                      "processes (jax.distributed); 'auto' reads a cluster's environment (SLURM, "
+                      "TPU pods).")
+  flags.DEFINE_integer('num_processes', None, 'Processes in the run, with --coordinator_address.',
+                       lower_bound=1)
+  flags.DEFINE_integer('process_id', None, "This process's index, from 0, with "
+                       '--coordinator_address.', lower_bound=0)
+
+
+def parallel_from_flags() -> parallel.Parallel:
+  """Joins the other processes, when there are any, then builds the mesh; before any other
+  computation. Processes other than 0 log errors only."""
+  parallel.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                      flags.FLAGS.process_id)
+  if not parallel.is_primary():
+    logging.set_verbosity(logging.ERROR)
+  try:
+    shape = [int(size) for size in flags.FLAGS.mesh_shape]
+  except ValueError:
+    raise UserError(f'--mesh_shape takes device counts, got {",".join(flags.FLAGS.mesh_shape)}'
+                    ) from None
+  return parallel.Parallel.create(shape, flags.FLAGS.shard_params)
 
 
 def _quiet_orbax(record: std_logging.LogRecord) -> bool:

@@ -10,11 +10,13 @@ import numpy as np
 
 from experiments import config_flags
 from rnn_jax import data
+from rnn_jax import parallel
 from rnn_jax import sampling
 from rnn_jax import seeds
 from rnn_jax import train
 
 config_flags.define_config_flags()
+config_flags.define_parallel_flags()
 flags.adopt_module_key_flags(config_flags)
 flags.DEFINE_string('workdir', None, 'Where the config, checkpoints and metrics go.',
                     required=True)
@@ -30,10 +32,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  logging.info('JAX %s on %s', jax.__version__, jax.devices())
+  mesh = config_flags.parallel_from_flags()
+  logging.info('JAX %s on %s; mesh %s', jax.__version__, jax.devices(), dict(mesh.mesh.shape))
   train.train_and_evaluate(config_flags.config_from_flags(), FLAGS.workdir,
-                           resume=FLAGS.resume, overwrite=FLAGS.overwrite)
-  if FLAGS.samples:
+                           resume=FLAGS.resume, overwrite=FLAGS.overwrite, parallel=mesh)
+  if FLAGS.samples and parallel.is_primary():
     print_samples()
 
 

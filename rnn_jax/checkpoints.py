@@ -9,6 +9,9 @@
                              loss are kept
     workdir/unreadable_checkpoints/N/   a checkpoint that failed to read back, set aside on resume
 
+In a run over several processes, orbax saves and restores checkpoints collectively; process 0
+alone writes the other files.
+
 A checkpoint's progress is a JSON object: 'epoch' (epochs finished), 'batches_done' and
 'train_sums' (how far into the next epoch, and its metric sums so far; absent at an epoch's end),
 the early-stopping 'best_metric' and 'patience_count', and the parameters' 'param_shapes'.
@@ -27,6 +30,7 @@ from absl import logging
 from flax import traverse_util
 import orbax.checkpoint as ocp
 
+from rnn_jax import parallel
 from rnn_jax.configs import Config, RESUMABLE
 from rnn_jax.errors import UserError
 from rnn_jax.text import Tokenizer
@@ -171,6 +175,8 @@ def restore_latest(workdir: str | Path, target: Any) -> tuple[Any, dict] | None:
 
 def _set_aside(workdir: Path, step: int, error: Exception):
   """Moves an unreadable checkpoint out of orbax's sight, keeping it for a post-mortem."""
+  if not parallel.is_primary():
+    return
   target = workdir / UNREADABLE / str(step)
   shutil.rmtree(target, ignore_errors=True)
   target.parent.mkdir(exist_ok=True)
@@ -235,6 +241,8 @@ def _differences(saved: Config, new: Config) -> list[str]:
 
 def start_run(workdir: str | Path, config: Config, tokenizer: Tokenizer):
   """Clears an earlier run's files (only those) and writes this run's config and tokenizer."""
+  if not parallel.is_primary():
+    return
   workdir = Path(workdir)
   with writing(workdir):
     for name in RUN_FILES:
@@ -255,6 +263,8 @@ def write_config(workdir: str | Path, config: Config):
 
 def write_file(path: Path, text: str):
   """Writes a file whole or not at all: a kill midway leaves the old one (or none)."""
+  if not parallel.is_primary():
+    return
   partial = path.with_name(path.name + '.part')
   with writing(path.parent):
     partial.write_text(text)
@@ -262,6 +272,8 @@ def write_file(path: Path, text: str):
 
 
 def append_metrics(workdir: str | Path, record: dict[str, Any]):
+  if not parallel.is_primary():
+    return
   with writing(workdir), open(Path(workdir) / METRICS, 'a') as f:
     f.write(json.dumps(record) + '\n')
 
@@ -269,7 +281,7 @@ def append_metrics(workdir: str | Path, record: dict[str, Any]):
 def truncate_metrics(workdir: str | Path, last_epoch: int):
   """Drops the metrics of epochs after last_epoch, and a line a kill cut short."""
   path = Path(workdir) / METRICS
-  if path.exists():
+  if path.exists() and parallel.is_primary():
     lines = path.read_text().splitlines(keepends=True)
     path.write_text(''.join(line for line in lines if _epoch_of(line) <= last_epoch))
 

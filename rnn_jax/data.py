@@ -302,7 +302,8 @@ def _split(num_items: int, config: DataConfig, rng: np.random.Generator) -> list
 
 
 def batches(windows: Windows | Chunks, batch_size: int, *, seed: int | None = None,
-            epoch: int = 0, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            epoch: int = 0, start: int = 0,
+            rows: slice = slice(None)) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Yields (features: int32[batch, length], labels, weights) with labels and weights int32 and
   float32 [batch] for Windows, [batch, length] for Chunks, from the `start`-th batch on.
 
@@ -310,6 +311,7 @@ def batches(windows: Windows | Chunks, batch_size: int, *, seed: int | None = No
   padded with weight-0 rows. Label 0 (padding) weighs 0 too. With a seed, the order is a
   permutation drawn from (seed, epoch) alone, so any epoch's batches can be rebuilt after a
   restart, and a run resumed inside an epoch goes on with the batches it had not done.
+  `rows` reads only those rows of each batch: a process's share of a batch split over processes.
   """
   if seed is None:
     order = np.arange(len(windows))
@@ -317,8 +319,8 @@ def batches(windows: Windows | Chunks, batch_size: int, *, seed: int | None = No
     order = np.random.default_rng((seed, epoch)).permutation(len(windows))
   for begin in range(start * batch_size, len(order), batch_size):
     indices = order[begin:begin + batch_size]
-    rows = np.arange(batch_size) < len(indices)
-    indices = np.pad(indices, (0, batch_size - len(indices)))
+    real = (np.arange(batch_size) < len(indices))[rows]
+    indices = np.pad(indices, (0, batch_size - len(indices)))[rows]
     features, labels = windows.take(indices)
-    weights = (labels != 0) & rows.reshape(-1, *[1] * (labels.ndim - 1))
+    weights = (labels != 0) & real.reshape(-1, *[1] * (labels.ndim - 1))
     yield features, labels, weights.astype(np.float32)

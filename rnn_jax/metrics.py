@@ -19,6 +19,7 @@ from rnn_jax import checkpoints
 from rnn_jax import data
 from rnn_jax import ngram
 from rnn_jax.configs import Config
+from rnn_jax.parallel import Parallel
 
 Metrics = dict[str, jax.Array]  # sums over windows, plus their 'count'
 COUNTS = ('count', 'skipped')  # windows counted and batches skipped: not sums over windows
@@ -56,11 +57,14 @@ def summarize(sums: dict[str, Any]) -> dict[str, float]:
   return means
 
 
-def evaluate(eval_fn, state, windows: data.Windows, batch_size: int) -> dict[str, float]:
-  """Metrics over every window, summed on the device and read once."""
+def evaluate(eval_fn, state, windows: data.Windows, batch_size: int,
+             parallel: Parallel | None = None) -> dict[str, float]:
+  """Metrics over every window, summed on the device and read once; with `parallel`, each
+  batch is split over its mesh (the state must be on the mesh already)."""
   total = None
-  for batch in data.batches(windows, batch_size):
-    metrics = eval_fn(state, batch)
+  rows = parallel.rows(batch_size) if parallel else slice(None)
+  for batch in data.batches(windows, batch_size, rows=rows):
+    metrics = eval_fn(state, parallel.batch(batch, batch_size) if parallel else batch)
     total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
   return summarize(jax.device_get(total))
 
@@ -81,8 +85,9 @@ def baselines(train: data.Windows, windows: data.Windows, vocab_size: int) -> di
 
 
 def final_evaluation(workdir: Path, manager, state, dataset: data.Dataset, eval_fn,
-                     config: Config) -> dict[str, Any]:
-  """Scores the best checkpoint on validation (and test) beside the naive and n-gram baselines."""
+                     config: Config, parallel: Parallel | None = None) -> dict[str, Any]:
+  """Scores the best checkpoint on validation (and test) beside the naive and n-gram baselines;
+  `state` gives the structure (and placement) to restore into."""
   step = manager.best_step()
   state, progress = checkpoints.restore(manager, step, state)
   best = progress['epoch']
@@ -90,7 +95,7 @@ def final_evaluation(workdir: Path, manager, state, dataset: data.Dataset, eval_
   for name, windows in (('valid', dataset.valid), ('test', dataset.test)):
     if not len(windows):
       continue
-    scores = evaluate(eval_fn, state, windows, config.train.eval_batch_size)
+    scores = evaluate(eval_fn, state, windows, config.train.eval_batch_size, parallel)
     naive = baselines(dataset.train, windows, dataset.tokenizer.vocab_size)
     if config.data.training_length >= ngram.ORDER - 1:
       naive |= ngram.baseline(dataset, windows)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import models
+from rnn_jax import parallel
 from rnn_jax import seeds
 from rnn_jax.errors import UserError
 
@@ -76,7 +77,8 @@ def generate(model: models.WordLSTM, params: Any, prompts: np.ndarray | jax.Arra
     decoding: mode, top-k, top-p and beam width.
 
   Returns:
-    The generated tokens and their log-probabilities under the model.
+    The generated tokens and their log-probabilities under the model. On several local devices
+    the batch is split over them, with the same results.
   """
   prompts = jnp.asarray(prompts, jnp.int32)
   if prompts.ndim != 2 or not prompts.shape[0] or not prompts.shape[1]:
@@ -99,8 +101,9 @@ def generate(model: models.WordLSTM, params: Any, prompts: np.ndarray | jax.Arra
   temperature = np.broadcast_to(temperature, prompts.shape[:1])
   if not np.all(np.isfinite(temperature) & (temperature >= 0)):
     raise UserError('temperature must be finite and >= 0')
-  return _generate(model, params, prompts, keys, jnp.asarray(temperature), num_words=num_words,
-                   decoding=decoding)
+  params, rows = parallel.spread_rows(params, prompts, keys, jnp.asarray(temperature))
+  generated = _generate(model, params, *rows, num_words=num_words, decoding=decoding)
+  return Generated(*(part[:len(prompts)] for part in generated))
 
 
 def _sequence_keys(key: jax.Array, batch: int) -> jax.Array:

@@ -25,6 +25,7 @@ from rnn_jax import progress_line
 from rnn_jax.configs import Config, TrainConfig
 from rnn_jax.errors import UserError
 from rnn_jax.models import WordLSTM
+from rnn_jax.parallel import Parallel
 
 KERAS_ADAM_EPSILON = 1e-7  # the walkthrough's Adam; optax defaults to 1e-8
 
@@ -106,9 +107,10 @@ def training_data(dataset: data.Dataset, config: Config) -> data.Windows | data.
 
 def train_epoch(step_fn, state, windows: data.Windows | data.Chunks, config: Config,
                 progress: dict[str, Any], dropout_key: jax.Array, save_inside,
-                stop: preemption.StopRequest) -> tuple[Any, dict[str, float]]:
+                stop: preemption.StopRequest, parallel: Parallel) -> tuple[Any, dict[str, float]]:
   """Runs the epoch after progress['epoch'] from where `progress` left it; returns the state and
   the epoch's metric sums. Metrics stay on the device until a log step or a save reads them.
+  Each process reads its rows of every batch, which `parallel` splits over the mesh.
 
   `save_inside(state, step, position)` saves at every checkpoint_every_steps-th global step and
   when `stop` notes a signal, except at the epoch's last step: the epoch's own checkpoint follows.
@@ -118,10 +120,11 @@ def train_epoch(step_fn, state, windows: data.Windows | data.Chunks, config: Con
   num_steps = -(-len(windows) // batch_size)
   line = progress_line.ProgressLine(epoch, num_steps, batch_size, done)
   pending, totals = [], dict(progress.get('train_sums', {}))
-  batches = data.batches(windows, batch_size, seed=config.seed, epoch=epoch, start=done)
+  batches = data.batches(windows, batch_size, seed=config.seed, epoch=epoch, start=done,
+                         rows=parallel.rows(batch_size))
   try:  # the line is cleared also when a stop or a NaN ends the epoch early
     for step, batch in enumerate(batches, done + 1):
-      state, sums = step_fn(state, batch, dropout_key)
+      state, sums = step_fn(state, parallel.batch(batch, batch_size), dropout_key)
       pending.append(sums)
       global_step = (epoch - 1) * num_steps + step
       save = step < num_steps and (stop.signum is not None or every and global_step % every == 0)
@@ -171,8 +174,9 @@ def _fresh_state(config: Config, dataset: data.Dataset) -> train_state.TrainStat
   return create_train_state(config, tokenizer.vocab_size, matrix)
 
 
-def _start_or_resume(workdir: Path, config: Config, dataset: data.Dataset, resume: bool):
-  """(state, progress) to go on from: the latest readable checkpoint's, or fresh."""
+def _start_or_resume(workdir: Path, config: Config, dataset: data.Dataset, resume: bool,
+                     parallel: Parallel):
+  """(state, progress) to go on from, on the mesh: the latest readable checkpoint's, or fresh."""
   state, progress = None, {'epoch': 0}
   if resume and checkpoints.has_run(workdir):
     _, saved_tokenizer = checkpoints.read_run(workdir)
@@ -180,55 +184,62 @@ def _start_or_resume(workdir: Path, config: Config, dataset: data.Dataset, resum
       raise UserError(f'the data changed since the run in {workdir} began (another vocabulary)')
     checkpoints.write_config(workdir, config)
     restored = checkpoints.restore_latest(
-        workdir, create_train_state(config, dataset.tokenizer.vocab_size))
+        workdir, parallel.place(create_train_state(config, dataset.tokenizer.vocab_size)))
     if restored:
       state, progress = restored
       logging.info('Resuming %s at step %d: %d epochs done and %d batches of the next', workdir,
                    int(state.step), progress['epoch'], progress.get('batches_done', 0))
   else:
     # Before start_run clears the work dir: a bad vectors file leaves it as it was.
-    state = _fresh_state(config, dataset)
+    state = parallel.place(_fresh_state(config, dataset))
     checkpoints.start_run(workdir, config, dataset.tokenizer)
   if state is None:  # a resumed run that ended before its first checkpoint
-    state = _fresh_state(config, dataset)
+    state = parallel.place(_fresh_state(config, dataset))
   # Epochs after the checkpoint (a crash before its save finished) will run again.
   checkpoints.truncate_metrics(workdir, progress['epoch'])
+  parallel.barrier('start_or_resume')  # process 0 has cleared or set aside what others read
   return state, progress
 
 
 def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = False,
-                       overwrite: bool = False) -> dict[str, Any]:
+                       overwrite: bool = False, parallel: Parallel | None = None) -> dict[str, Any]:
   """Trains until early stopping, then scores the best checkpoint; returns the final results.
+
+  `parallel` splits each batch over a mesh's data axis; by default every device's.
 
   SIGTERM or SIGINT stops it after the step in flight with its state saved: raises
   `preemption.Stopped`. A failed write (a full disk) raises UserError; complete checkpoints stay.
   """
   workdir = Path(workdir)
   config = checkpoints.config_for(workdir, config, resume=resume, overwrite=overwrite)
+  parallel = parallel or Parallel.create()
+  parallel.barrier('config_for')  # every process has read the work dir before process 0 writes
+  parallel.check_batch_size(config.train.batch_size, 'batch_size')
+  parallel.check_batch_size(config.train.eval_batch_size, 'eval_batch_size')
   dataset = data.prepare(config)
   logging.info('Data: %s', json.dumps(dataset.summary()))
   if not config.model.trainable_embeddings and not config.model.pretrained_embeddings:
     logging.warning('Frozen embeddings without pre-trained vectors stay at their random init.')
-  state, progress = _start_or_resume(workdir, config, dataset, resume)
+  state, progress = _start_or_resume(workdir, config, dataset, resume, parallel)
   manager = checkpoints.manager(workdir, training=True)
   try:
     with preemption.StopRequest() as stop:
-      state = _train(config, dataset, workdir, manager, state, progress, stop)
+      state = _train(config, dataset, workdir, manager, state, progress, stop, parallel)
     checkpoints.finish(manager)
     eval_fn = jax.jit(metrics.eval_step)
-    return metrics.final_evaluation(workdir, manager, state, dataset, eval_fn, config)
+    return metrics.final_evaluation(workdir, manager, state, dataset, eval_fn, config, parallel)
   finally:
     checkpoints.close(manager)  # waits for a save in flight, whatever stopped the run
 
 
 def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state, progress,
-           stop: preemption.StopRequest):
+           stop: preemption.StopRequest, parallel: Parallel):
   """The epoch loop with early stopping, from `progress` on; returns the last state."""
   stopper = _early_stopping(config.train, progress)
   step_fn = jax.jit(functools.partial(train_step, skip_nonfinite=config.train.skip_nonfinite),
                     donate_argnums=0)
   eval_fn = jax.jit(metrics.eval_step)
-  dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  dropout_key = parallel.place(jax.random.fold_in(jax.random.key(config.seed), 1))
   train_data = training_data(dataset, config)
 
   def save_inside(state, step: int, position: dict[str, Any]):
@@ -240,9 +251,9 @@ def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state,
       break
     start = time.perf_counter()
     state, sums = train_epoch(step_fn, state, train_data, config, progress, dropout_key,
-                              save_inside, stop)
+                              save_inside, stop, parallel)
     train_metrics = metrics.summarize(sums)
-    val = metrics.evaluate(eval_fn, state, dataset.valid, config.train.eval_batch_size)
+    val = metrics.evaluate(eval_fn, state, dataset.valid, config.train.eval_batch_size, parallel)
     if not math.isfinite(val['loss']):
       raise UserError(f'the validation loss became {val["loss"]} after epoch {epoch}, which is '
                       'not saved (the last good checkpoint stays); lower --learning_rate or set '

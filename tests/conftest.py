@@ -31,6 +31,13 @@ def tiny_config(corpus: Path, **train_fields) -> Config:
       train=TrainConfig(**dict(batch_size=64, max_epochs=3, learning_rate=0.03) | train_fields))
 
 
+def flags_of(config: Config) -> list[str]:
+  """The command-line flags that give `config` (those that differ from the defaults)."""
+  defaults = Config().flat()
+  return [f'--{name}={value}' for name, value in config.flat().items()
+          if value != defaults[name]]
+
+
 def read_metrics(workdir: Path) -> list[dict]:
   return [json.loads(line) for line in (workdir / checkpoints.METRICS).read_text().splitlines()]
 

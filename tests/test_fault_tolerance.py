@@ -23,21 +23,14 @@ from rnn_jax import checkpoints
 from rnn_jax import data
 from rnn_jax import preemption
 from rnn_jax import train
-from rnn_jax.configs import Config, TrainConfig
+from rnn_jax.configs import TrainConfig
 from rnn_jax.errors import UserError
 
-from conftest import read_metrics, tiny_config
+from conftest import flags_of, read_metrics, tiny_config
 
 REPO = Path(__file__).parents[1]
 EVERY = 2  # --checkpoint_every_steps of the interrupted runs
 STEPS_PER_EPOCH = 13
-
-
-def flags_of(config: Config) -> list[str]:
-  """The command-line flags that give `config` (those that differ from the defaults)."""
-  defaults = Config().flat()
-  return [f'--{name}={value}' for name, value in config.flat().items()
-          if value != defaults[name]]
 
 
 def start(corpus: Path, workdir: Path, *args: str) -> tuple[subprocess.Popen, Path]:

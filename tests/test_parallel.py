@@ -1,0 +1,121 @@
+"""Scale-out with JAX's own sharding: a run split over 4 devices, or over 2 processes joined by
+jax.distributed, reaches the losses of the single-device run (the `trained` fixture) and
+generates the same text.
+
+The devices are forced CPU devices, so the other runs happen in child processes: this one has
+already started JAX with a single device.
+"""
+
+import json
+import os
+from pathlib import Path
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from rnn_jax import sampling
+from rnn_jax import train
+
+from conftest import flags_of, read_metrics, tiny_config
+
+REPO = Path(__file__).parents[1]
+TOLERANCE = 1e-5  # float sums taken in another order on each shard
+
+# Run in a child with 4 devices: the tiny run on the default mesh (every device on data), the
+# same data with a vocabulary of 8 on 1 device and with it split over a (2, 2) mesh, then the
+# generated tokens and the errors for a batch that does not divide.
+FOUR_DEVICES = '''
+import json, sys
+import jax
+import numpy as np
+from rnn_jax import sampling, train
+from rnn_jax.configs import Config
+from rnn_jax.errors import UserError
+from rnn_jax.parallel import Parallel
+config, out = Config.from_json(sys.argv[1]), sys.argv[2]
+smaller = Config.from_flat(config.flat() | {'num_words': 8})
+train.train_and_evaluate(config, out + '/data4')
+train.train_and_evaluate(smaller, out + '/one', parallel=Parallel.create([1]))
+train.train_and_evaluate(smaller, out + '/data2_model2', parallel=Parallel.create([2, 2], True))
+_, _, model, params = train.load(out + '/data4')
+prompts = np.arange(1, 31).reshape(10, 3) % 9
+generated = sampling.generate(model, params, prompts, jax.random.key(1), 5, 0.7)
+errors = []
+for mesh_shape, batch_size in (([4], 66), ([8], 64)):
+  try:
+    train.train_and_evaluate(Config.from_flat(config.flat() | {'batch_size': batch_size}),
+                             out + '/bad', parallel=Parallel.create(mesh_shape))
+  except UserError as error:
+    errors.append(str(error))
+print(json.dumps({'tokens': np.asarray(generated.tokens).tolist(), 'errors': errors,
+                  'rows': str(Parallel.create([4]).rows(64))}))
+'''
+
+
+def child_env(devices: int) -> dict[str, str]:
+  return os.environ | {'JAX_NUM_CPU_DEVICES': str(devices), 'JAX_PLATFORMS': 'cpu'}
+
+
+def assert_close_metrics(workdir: Path, reference: Path):
+  for record, expected in zip(read_metrics(workdir), read_metrics(reference), strict=True):
+    for name, value in expected.items():
+      if name != 'seconds':
+        assert record[name] == pytest.approx(value, rel=TOLERANCE), (record['epoch'], name)
+
+
+def test_four_devices_train_and_generate_as_one(corpus, trained, tmp_path):
+  reference, _ = trained
+  child = subprocess.run(
+      [sys.executable, '-c', FOUR_DEVICES, tiny_config(corpus).to_json(), str(tmp_path)],
+      cwd=REPO, env=child_env(4), capture_output=True, text=True, timeout=300)
+  assert child.returncode == 0, child.stderr[-3000:]
+  report = json.loads(child.stdout.splitlines()[-1])
+  assert_close_metrics(tmp_path / 'data4', reference)
+  assert_close_metrics(tmp_path / 'data2_model2', tmp_path / 'one')
+  _, _, model, params = train.load(tmp_path / 'data4')
+  prompts = np.arange(1, 31).reshape(10, 3) % 9
+  expected = sampling.generate(model, params, prompts, jax.random.key(1), 5, 0.7)
+  assert report['tokens'] == np.asarray(expected.tokens).tolist()
+  assert report['errors'] == [
+      '--batch_size=66 does not divide over the 4 data shards of the mesh; use a multiple of 4',
+      '--mesh_shape 8,1 needs 8 devices; there are 4']
+  assert report['rows'] == 'slice(0, 64, None)'  # one process holds every row
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def run_two_processes(corpus: Path, workdir: Path, max_epochs: int, *args: str):
+  """The tiny run as two processes of one device each, on localhost; fails on a non-zero exit."""
+  address = f'localhost:{free_port()}'
+  flags = flags_of(tiny_config(corpus, max_epochs=max_epochs))
+  processes = [subprocess.Popen(
+      [sys.executable, '-m', 'experiments.train', f'--workdir={workdir}', *flags, *args,
+       f'--coordinator_address={address}', '--num_processes=2', f'--process_id={index}'],
+      cwd=REPO, env=child_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for index in range(2)]
+  outputs = [process.communicate(timeout=300) for process in processes]
+  for process, (_, stderr) in zip(processes, outputs):
+    assert process.returncode == 0, stderr[-3000:]
+  return [stderr for _, stderr in outputs]
+
+
+@pytest.mark.multiprocess
+def test_two_processes_train_and_resume_as_one(corpus, trained, tmp_path):
+  reference, _ = trained
+  workdir = tmp_path / 'run'
+  run_two_processes(corpus, workdir, 2)
+  assert [r['epoch'] for r in read_metrics(workdir)] == [1, 2]
+  primary, other = run_two_processes(corpus, workdir, 3, '--resume')
+  assert 'Resuming' in primary and 'Epoch 3' in primary
+  # Process 1 logs errors only (and jax.distributed's line before it knew its index).
+  assert 'Epoch' not in other
+  assert_close_metrics(workdir, reference)
+  assert json.loads((workdir / 'results.json').read_text())['best_epoch'] == 3
