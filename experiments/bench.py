@@ -7,8 +7,8 @@ with one sync at the end, the fastest of three passes: rnn-jax's train_step (as 
 without LSTM dropout) and eval_step, the input pipeline alone, the model written plainly with
 Flax linen, and Keras 3 on the JAX backend. The roofline is a step's matmuls alone, each at the
 rate its shape runs here now. --smoke: tiny shapes, no corpus, seconds. The last line is one
-JSON object. --mesh_shape splits rnn-jax's training batches over that many devices (force CPU
-devices with JAX_NUM_CPU_DEVICES=N); the other figures use one device.
+JSON object. --mesh_shape splits the batches of rnn-jax's two train figures over that many
+devices (force CPU devices with JAX_NUM_CPU_DEVICES=N); the other figures use one device.
 """
 
 import dataclasses
@@ -88,7 +88,7 @@ def _measure(config: Config, vocab: int, windows: data.Windows, batches: list[Ba
              mesh: parallel.Parallel) -> tuple[dict[str, float | None], float, float]:
   """(windows/s by name, seconds to compile rnn-jax's train step, rnn-jax's peak memory in MB).
 
-  rnn-jax's train step runs on `mesh`, each batch split over it as training does; the other
+  rnn-jax's train steps run on `mesh`, each batch split over it as training does; the other
   figures on one device. The peak is read before the other systems run: the allocator keeps
   what they free.
   """
@@ -98,7 +98,8 @@ def _measure(config: Config, vocab: int, windows: data.Windows, batches: list[Ba
   no_dropout_state = train.create_train_state(dataclasses.replace(config, model=no_dropout), vocab)
   eval_step = jax.jit(metrics.eval_step)
   rates = {'rnn_jax_train': train_rate,
-           'rnn_jax_nodropout_train': _train(no_dropout_state, train.train_step, batches)[0],
+           'rnn_jax_nodropout_train': _train(no_dropout_state, train.train_step, batches,
+                                             mesh)[0],
            'rnn_jax_eval': _windows_per_s(lambda state, batch: (state, eval_step(state, batch)),
                                           train.create_train_state(config, vocab), batches),
            'input_pipeline': _input_pipeline(config, windows)}
