@@ -338,17 +338,38 @@ def _split_texts(sequences: list[np.ndarray], config: DataConfig,
 
 
 def leakage(dataset: 'Dataset') -> dict[str, float]:
-  """Shares of validation and test windows (features and label) found among training windows."""
-  seen = set(_window_bytes(dataset.train))
-  share = lambda windows: (sum(w in seen for w in _window_bytes(windows)) / len(windows)
-                           if len(windows) else 0.0)
+  """Shares of validation and test windows (features and label) found among training windows.
+
+  Windows are compared by a 64-bit hash, 8 bytes each, not by their tokens, which at char level
+  (a window per character) would take hundreds of times the text's size. Two different windows
+  share a hash with a chance of about 2**-64.
+  """
+  seen = _window_hashes(dataset.train)
+  seen.sort()
+
+  def share(windows: Windows) -> float:
+    if not len(windows) or not len(seen):
+      return 0.0
+    hashes = _window_hashes(windows)
+    return float(np.mean(seen[np.minimum(np.searchsorted(seen, hashes), len(seen) - 1)]
+                         == hashes))
+
   return {'valid_windows_in_train': round(share(dataset.valid), 4),
           'test_windows_in_train': round(share(dataset.test), 4)}
 
 
-def _window_bytes(windows: Windows) -> list[bytes]:
-  features, labels = windows.take(np.arange(len(windows)))
-  return [row.tobytes() for row in np.column_stack([features, labels])]
+def _window_hashes(windows: Windows, block: int = 1 << 16) -> np.ndarray:
+  """uint64[num_windows]: FNV-1a over each window's tokens and label, a token at a time, for
+  `block` windows at a time (their temporaries stay in the cache)."""
+  hashes = np.empty(len(windows), np.uint64)
+  for begin in range(0, len(windows), block):
+    starts = windows.starts[begin:begin + block]
+    part = np.full(len(starts), 0xCBF29CE484222325, np.uint64)
+    for offset in range(windows.length + 1):
+      part ^= windows.tokens[starts + offset].astype(np.uint64)
+      part *= np.uint64(0x100000001B3)  # wraps around: arithmetic modulo 2**64
+    hashes[begin:begin + block] = part
+  return hashes
 
 
 def _split(num_items: int, config: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
