@@ -47,16 +47,6 @@ def eval_step(state: train_state.TrainState, batch: tuple[jax.Array, ...]) -> Me
   return batch_metrics(logits, labels, weights, losses)
 
 
-def summarize(sums: dict[str, Any]) -> dict[str, float]:
-  """Means per window from summed metrics (host values); NaN when no window counted."""
-  count = float(sums['count'])
-  means = {k: float(v) / count if count else math.nan for k, v in sums.items()
-           if k not in COUNTS}
-  means['perplexity'] = perplexity(means['loss'])
-  means['bits'] = bits(means['loss'])
-  return means
-
-
 def perplexity(loss: float) -> float:
   """exp(mean log loss), capped below float overflow."""
   return math.exp(min(loss, 700.0))
@@ -65,6 +55,16 @@ def perplexity(loss: float) -> float:
 def bits(loss: float) -> float:
   """A mean log loss in nats as bits per token: per character at level 'char'."""
   return loss / math.log(2)
+
+
+def summarize(sums: dict[str, Any]) -> dict[str, float]:
+  """Means per window from summed metrics (host values); NaN when no window counted."""
+  count = float(sums['count'])
+  means = {k: float(v) / count if count else math.nan for k, v in sums.items()
+           if k not in COUNTS}
+  means['perplexity'] = perplexity(means['loss'])
+  means['bits'] = bits(means['loss'])
+  return means
 
 
 def evaluate(eval_fn, state, windows: data.Windows, batch_size: int) -> dict[str, float]:
