@@ -195,3 +195,22 @@ def test_sample_cli_joins_the_characters_it_writes(char_run, tmp_path):
   assert result.returncode == 0, result.stderr
   record = json.loads(output.read_text())
   assert (record['seed'], record['generated']) == ('defgh\nab', 'c\ndefgh\nabc\n')
+
+
+def test_prepare_reads_the_char_flagfile_with_a_stream_and_reports_bad_bytes_on_one_line(tmp_path):
+  def prepare(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, '-m', 'experiments.prepare', '--flagfile=char_quickstart.flags',
+         f'--data={path}', '--txt_mode=stream'], cwd=REPO, capture_output=True, text=True)
+
+  good = write(tmp_path / 'good.txt', 'a line of text\n' * 100)  # 1,500 characters, 11 distinct
+  result = prepare(good)
+  assert result.returncode == 0, result.stderr
+  # 1,200 / 150 / 150 characters, each part's windows of 100 inside it.
+  assert json.loads(result.stdout).items() >= dict(
+      num_words=12, num_texts=1, num_train=1100, num_valid=50, num_test=50).items()
+  bad = tmp_path / 'bad.txt'
+  bad.write_bytes(b'fine\n' * 3 + b'\xff')
+  result = prepare(bad)
+  assert (result.returncode, result.stderr.strip()) == (
+      2, f"error: {bad}:4: not UTF-8 text (byte 15: b'\\xff'); is it a text file?")
