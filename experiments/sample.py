@@ -25,7 +25,8 @@ flags.DEFINE_multi_string('seed_text', [], 'Text to continue; repeat the flag fo
 flags.DEFINE_integer('num_random_seeds', 0, 'Continue this many random passages of the '
                      'validation texts (of every text for runs split by windows); 3 when no '
                      '--seed_text is given.', lower_bound=0)
-flags.DEFINE_integer('num_words', 50, 'Words to generate per sample.', lower_bound=1)
+flags.DEFINE_integer('num_words', 50, 'Words (characters at level char) to generate per sample.',
+                     lower_bound=1)
 flags.DEFINE_integer('num_samples', 1, 'Samples per seed.', lower_bound=1)
 flags.DEFINE_float('temperature', 0.75, "The walkthrough's diversity: logits / T; 0 is greedy.",
                    lower_bound=0)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 from rnn_jax.errors import UserError
@@ -9,6 +10,8 @@ from rnn_jax.errors import UserError
 WALKTHROUGH_FILTERS = '!"%;[\\]^_`{|}~\t\n'  # case-kept, trainable-embedding runs
 GLOVE_FILTERS = '!"#$%&()*+/:<=>@[\\]^_`{|}~\t\n'  # lower-case, pre-trained runs
 SPLITS = ('abstracts', 'windows')
+LEVELS = ('word', 'char')
+TXT_MODES = ('lines', 'stream')
 OBJECTIVES = ('last', 'every')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 # How long to train and how often to report or checkpoint may change when a run resumes;
@@ -25,11 +28,13 @@ def _require(condition: bool, message: str):
 class DataConfig:
   data: str = ''  # .csv, .txt or .jsonl file; '' = the walkthrough's patent abstracts (downloaded)
   text_column: str = 'patent_abstract'  # CSV column or JSON key that holds the text
-  filters: str = WALKTHROUGH_FILTERS  # characters the tokenizer turns into spaces
+  txt_mode: str = 'lines'  # .txt: 'lines' (a text per line) or 'stream' (one text, cut in 3 parts)
+  level: str = 'word'  # 'word' or 'char': tokens are words, or characters (Keras char_level)
+  filters: str = WALKTHROUGH_FILTERS  # characters the tokenizer turns into spaces (word level)
   lower: bool = False  # lower-case the text before tokenizing
-  num_words: int = 0  # keep the num_words - 1 most frequent words (Keras semantics); 0 keeps all
-  training_length: int = 50  # words per window; the word after it is the label
-  min_extra_words: int = 20  # keep texts longer than training_length + min_extra_words words
+  num_words: int = 0  # keep the num_words - 1 most frequent tokens (Keras semantics); 0 keeps all
+  training_length: int = 50  # tokens (words or characters) per window; the next one is the label
+  min_extra_words: int = 20  # keep texts longer than training_length + min_extra_words tokens
   split: str = 'abstracts'  # 'abstracts': no text in two sets; 'windows': the walkthrough's (leaks)
   train_fraction: float = 0.8  # share of texts (or windows) used for training
   valid_fraction: float = 0.1  # share for validation; the test set gets the rest
@@ -41,6 +46,15 @@ class DataConfig:
     _require(self.min_extra_words >= 0,
              f'min_extra_words must be >= 0, got {self.min_extra_words}')
     _require(self.split in SPLITS, f'split must be one of {SPLITS}, got {self.split!r}')
+    _require(self.level in LEVELS, f'level must be one of {LEVELS}, got {self.level!r}')
+    _require(self.txt_mode in TXT_MODES,
+             f'txt_mode must be one of {TXT_MODES}, got {self.txt_mode!r}')
+    _require(self.txt_mode == 'lines' or Path(self.data).suffix == '.txt',
+             f"txt_mode 'stream' reads a .txt file as one text: --data must name one, got "
+             f'{self.data or "the patent abstracts (.csv)"!r}')
+    # Keras' char_level tokenizer reads every character and applies no filters.
+    _require(self.level == 'word' or self.filters == WALKTHROUGH_FILTERS,
+             "filters apply at level 'word' only: at level 'char' every character is a token")
     _require(0 < self.train_fraction < 1,
              f'train_fraction must be in (0, 1), got {self.train_fraction}')
     _require(0 < self.valid_fraction <= 1 - self.train_fraction + 1e-9,

@@ -137,27 +137,22 @@ def _mixture_sums(model, params, features, labels, ngram_probs, weights):
 
 def table(results: dict[str, Any]) -> str:
   """The figures of `evaluate_run` side by side, one row per figure, a column per model."""
-  columns = {
-      'rnn-jax': (results['loss'], results['perplexity'], results['accuracy'],
-                  results['top5_accuracy']),
-      'most frequent': (None, None, results['baseline_most_frequent_accuracy'], None),
-      'unigram': (results['baseline_unigram_loss'], math.exp(results['baseline_unigram_loss']),
-                  results['baseline_unigram_accuracy'], None),
-      f'Kneser-Ney {results["ngram_order"]}-gram': (
-          results['kneser_ney_loss'], math.exp(results['kneser_ney_loss']),
-          results['kneser_ney_accuracy'], None),
+  columns = {  # loss, accuracy, top-5 accuracy
+      'rnn-jax': (results['loss'], results['accuracy'], results['top5_accuracy']),
+      'most frequent': (None, results['baseline_most_frequent_accuracy'], None),
+      'unigram': (results['baseline_unigram_loss'], results['baseline_unigram_accuracy'], None),
+      f'Kneser-Ney {results["ngram_order"]}-gram': (results['kneser_ney_loss'],
+                                                    results['kneser_ney_accuracy'], None),
   }
   if 'cache_loss' in results:
-    columns['rnn-jax + cache'] = (results['cache_loss'], math.exp(results['cache_loss']),
-                                  results['cache_accuracy'], None)
+    columns['rnn-jax + cache'] = (results['cache_loss'], results['cache_accuracy'], None)
   if 'mixture_loss' in results:
     columns[f'mixed ({results["mixture_weight"]:.2f} rnn-jax)'] = (
-        results['mixture_loss'], math.exp(results['mixture_loss']), results['mixture_accuracy'],
-        None)
-  rows = (('log loss', '{:.4f}'), ('perplexity', '{:,.2f}'), ('accuracy', '{:.2%}'),
-          ('top-5 accuracy', '{:.2%}'))
+        results['mixture_loss'], results['mixture_accuracy'], None)
+  rows = (('log loss', '{:.4f}'), ('bits per token', '{:.4f}'), ('perplexity', '{:,.2f}'),
+          ('accuracy', '{:.2%}'), ('top-5 accuracy', '{:.2%}'))
   cells = {name: ['-' if value is None else form.format(value)
-                  for value, (_, form) in zip(values, rows)]
+                  for value, (_, form) in zip(_with_loss_figures(*values), rows)]
            for name, values in columns.items()}
   widths = {name: max(len(name), *map(len, column)) for name, column in cells.items()}
   label_width = max(len(label) for label, _ in rows)
@@ -168,6 +163,13 @@ def table(results: dict[str, Any]) -> str:
   heading = (f'{results["workdir"]}: {results["checkpoint"]} checkpoint (epoch '
              f'{results["epoch"]}) on {results["num_windows"]:,} {results["split"]} windows')
   return '\n'.join([heading, *lines])
+
+
+def _with_loss_figures(loss: float | None, *others: float | None) -> tuple[float | None, ...]:
+  """(loss, its bits, its perplexity, *others): figures that say the same as the loss."""
+  if loss is None:
+    return None, None, None, *others
+  return loss, metrics.bits(loss), metrics.perplexity(loss), *others
 
 
 def _epoch(workdir: str | Path, checkpoint: str) -> int:

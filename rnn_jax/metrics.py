@@ -48,12 +48,23 @@ def eval_step(state: train_state.TrainState, batch: tuple[jax.Array, ...]) -> Me
   return batch_metrics(logits, labels, weights, losses)
 
 
+def perplexity(loss: float) -> float:
+  """exp(mean log loss), capped below float overflow."""
+  return math.exp(min(loss, 700.0))
+
+
+def bits(loss: float) -> float:
+  """A mean log loss in nats as bits per token: per character at level 'char'."""
+  return loss / math.log(2)
+
+
 def summarize(sums: dict[str, Any]) -> dict[str, float]:
   """Means per window from summed metrics (host values); NaN when no window counted."""
   count = float(sums['count'])
   means = {k: float(v) / count if count else math.nan for k, v in sums.items()
            if k not in COUNTS}
-  means['perplexity'] = math.exp(min(means['loss'], 700.0))
+  means['perplexity'] = perplexity(means['loss'])
+  means['bits'] = bits(means['loss'])
   return means
 
 
@@ -100,8 +111,9 @@ def final_evaluation(workdir: Path, manager, state, dataset: data.Dataset, eval_
     if config.data.training_length >= ngram.ORDER - 1:
       naive |= ngram.baseline(dataset, windows)
     results[name] = scores | {'baselines': naive}
-    logging.info('Best epoch %d on %s: loss %.4f accuracy %.4f top-5 %.4f | baselines: %s', best,
-                 name, scores['loss'], scores['accuracy'], scores['top5_accuracy'],
+    logging.info('Best epoch %d on %s: loss %.4f (%.4f bits) accuracy %.4f top-5 %.4f | '
+                 'baselines: %s', best, name, scores['loss'], scores['bits'], scores['accuracy'],
+                 scores['top5_accuracy'],
                  ' '.join(f'{key} {value:.4f}' for key, value in naive.items()))
   checkpoints.write_file(workdir / checkpoints.RESULTS, json.dumps(results, indent=2))
   return results

@@ -19,8 +19,9 @@ class ProgressLine:
     elapsed = time.perf_counter() - self.start
     rate = (step - self.first_step) * self.batch_size / max(elapsed, 1e-9)
     left = elapsed / max(step - self.first_step, 1) * (self.num_steps - step)
-    line = (f'epoch {self.epoch} step {step}/{self.num_steps}  loss {means["loss"]:.4f}  '
-            f'accuracy {means["accuracy"]:.4f}  {rate:,.0f} windows/s  ETA {left:.0f}s')
+    line = (f'epoch {self.epoch} step {step}/{self.num_steps}  loss {means["loss"]:.4f} '
+            f'({means["bits"]:.3f} bits)  accuracy {means["accuracy"]:.4f}  {rate:,.0f} windows/s  '
+            f'ETA {left:.0f}s')
     if self.live:
       print('\r' + line, end='', file=sys.stderr, flush=True)
     else:

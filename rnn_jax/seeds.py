@@ -21,7 +21,7 @@ class Seed:
 
 def from_text(seed_text: str, tokenizer: text.Tokenizer) -> Seed:
   """Cleans and tokenizes the user's text as the training texts were."""
-  cleaned = text.format_patent(seed_text)
+  cleaned = text.clean(seed_text, tokenizer.char_level)
   tokens = tokenizer.texts_to_sequences([cleaned])[0]
   unknown = tokenizer.unknown_words(cleaned)
   if not tokens:
@@ -63,5 +63,7 @@ def pad(sequences: Sequence[Sequence[int]], length: int) -> np.ndarray:
 
 
 def show(tokenizer: text.Tokenizer, tokens: Sequence[int]) -> str:
-  """Readable text: tokens joined, punctuation glued back (the walkthrough's display clean-up)."""
-  return text.remove_spaces(tokenizer.sequences_to_texts([list(tokens)])[0])
+  """Readable text: characters joined as they are, or words joined by spaces with punctuation
+  glued back (the walkthrough's display clean-up). Every id shown as text goes through here."""
+  tokens = tokenizer.tokens_of(tokens)
+  return ''.join(tokens) if tokenizer.char_level else text.remove_spaces(' '.join(tokens))

@@ -5,10 +5,13 @@ The walkthrough this project reproduces cleaned patent abstracts with
 `Tokenizer` here gives the same ids so that its reference figures still hold.
 """
 
+import collections
 import json
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+import numpy as np
 
 KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
 
@@ -30,6 +33,12 @@ def format_patent(text: str) -> str:
   text = _PUNCT_AFTER_WORD.sub(' ', text)
   text = _FIGURE_REFERENCE.sub('', text)
   return _TWO_SPACES.sub(' ', text)
+
+
+def clean(text: str, char_level: bool) -> str:
+  """What the tokenizer reads of a text: the walkthrough's clean-up for words, or the text as
+  written for characters (its spacing and figure references are characters to learn too)."""
+  return text if char_level else format_patent(text)
 
 
 def remove_spaces(text: str) -> str:
@@ -86,6 +95,7 @@ class Tokenizer:
     self.document_count = 0
     self.word_index: dict[str, int] = {}
     self.index_word: dict[int, str] = {}
+    self._char_table: np.ndarray | None = None
 
   def tokenize(self, text: str) -> list[str]:
     """Splits one text into tokens (Keras' `text_to_word_sequence`)."""
@@ -100,8 +110,9 @@ class Tokenizer:
     """Adds the texts' words to the counts and re-ranks every word."""
     for text in texts:
       self.document_count += 1
-      for word in self.tokenize(text):
-        self.word_counts[word] = self.word_counts.get(word, 0) + 1
+      # Counted in C, in first-seen order: a text's new words join word_counts in that order.
+      for word, count in collections.Counter(self.tokenize(text)).items():
+        self.word_counts[word] = self.word_counts.get(word, 0) + count
     self._rank()
 
   def _rank(self):
@@ -115,6 +126,7 @@ class Tokenizer:
     vocab += [w for w in ranked if w != self.oov_token]
     self.word_index = {w: i for i, w in enumerate(vocab, start=1)}
     self.index_word = {i: w for w, i in self.word_index.items()}
+    self._char_table = None  # built on first use by text_to_ids
 
   @property
   def vocab_size(self) -> int:
@@ -144,23 +156,53 @@ class Tokenizer:
       sequences.append([i for i in ids if i is not None])
     return sequences
 
+  def text_to_ids(self, text: str) -> np.ndarray:
+    """int32[num_tokens]: the ids `texts_to_sequences` gives one text.
+
+    At char level without a Python object per character: a long text costs a few times its
+    size in memory, not a hundred.
+    """
+    if not self.char_level:
+      return np.asarray(self.texts_to_sequences([text])[0], np.int32)
+    if self.lower:
+      text = text.lower()
+    # surrogatepass: text from the command line can hold lone surrogates; they are unknown.
+    codes = np.frombuffer(text.encode('utf-32-le', 'surrogatepass'), np.uint32)
+    table = self._char_ids()
+    ids = table[np.minimum(codes, len(table) - 1)]
+    return ids[ids >= 0]
+
+  def _char_ids(self) -> np.ndarray:
+    """int32[highest code point + 2]: by code point, the character's id, else the oov id or -1
+    (dropped); the last entry stands for every code point above the others."""
+    if self._char_table is None:
+      oov = self.word_index.get(self.oov_token, -1)
+      chars = [w for w in self.word_index if len(w) == 1]
+      table = np.full(max(map(ord, chars), default=0) + 2, oov, np.int32)
+      for char in chars:
+        own = self._own_id(char)
+        table[ord(char)] = oov if own is None else own
+      self._char_table = table
+    return self._char_table
+
   def unknown_words(self, text: str) -> list[str]:
     """Words of `text` without an id of their own (dropped, or read as the oov token), once each."""
     return list(dict.fromkeys(w for w in self.tokenize(text) if self._own_id(w) is None))
 
-  def sequences_to_texts(self, sequences: Iterable[Sequence[int]]) -> list[str]:
-    """Maps each id sequence back to its tokens joined by single spaces.
+  def tokens_of(self, sequence: Sequence[int]) -> list[str]:
+    """The tokens of one id sequence.
 
     Ids that are unknown or >= num_words become the oov token when it is set
-    and are skipped otherwise. Also in char level tokens are space-joined.
+    and are skipped otherwise.
     """
-    texts = []
-    for sequence in sequences:
-      words = (self.index_word.get(i) if self._keeps(i) else None
-               for i in sequence)
-      words = (self.oov_token if w is None else w for w in words)
-      texts.append(' '.join(w for w in words if w is not None))
-    return texts
+    words = (self.index_word.get(i) if self._keeps(i) else None for i in sequence)
+    words = (self.oov_token if w is None else w for w in words)
+    return [w for w in words if w is not None]
+
+  def sequences_to_texts(self, sequences: Iterable[Sequence[int]]) -> list[str]:
+    """Maps each id sequence back to its tokens (`tokens_of`) joined by single
+    spaces, also at char level (as Keras does; `seeds.show` joins characters)."""
+    return [' '.join(self.tokens_of(sequence)) for sequence in sequences]
 
   def to_json(self) -> str:
     """Serializes settings and counts (a JSON object; see `from_json`)."""

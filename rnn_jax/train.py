@@ -260,8 +260,9 @@ def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state,
                       '--clip_norm')
     stopper = stopper.update(val['loss'])
     record = {'epoch': epoch, 'train_loss': train_metrics['loss'],
-              'train_accuracy': train_metrics['accuracy'], 'val_loss': val['loss'],
-              'val_accuracy': val['accuracy'], 'val_top5_accuracy': val['top5_accuracy'],
+              'train_bits': train_metrics['bits'], 'train_accuracy': train_metrics['accuracy'],
+              'val_loss': val['loss'], 'val_bits': val['bits'], 'val_accuracy': val['accuracy'],
+              'val_top5_accuracy': val['top5_accuracy'],
               'seconds': round(time.perf_counter() - start, 2)}
     if config.train.skip_nonfinite:
       record['skipped_batches'] = int(sums.get('skipped', 0))
@@ -271,10 +272,10 @@ def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state,
     # drops the line and runs the epoch again.
     checkpoints.append_metrics(workdir, record)
     checkpoints.save(manager, int(state.step), state, progress, val['loss'])
-    logging.info('Epoch %d: train loss %.4f accuracy %.4f | val loss %.4f accuracy %.4f '
-                 'top-5 %.4f | %.0fs%s%s', epoch, train_metrics['loss'],
-                 train_metrics['accuracy'], val['loss'], val['accuracy'],
-                 val['top5_accuracy'], record['seconds'],
+    logging.info('Epoch %d: train loss %.4f (%.4f bits) accuracy %.4f | val loss %.4f (%.4f '
+                 'bits) accuracy %.4f top-5 %.4f | %.0fs%s%s', epoch, train_metrics['loss'],
+                 train_metrics['bits'], train_metrics['accuracy'], val['loss'], val['bits'],
+                 val['accuracy'], val['top5_accuracy'], record['seconds'],
                  ' (best)' if stopper.has_improved else '',
                  f' | {record["skipped_batches"]} batches skipped' if 'skipped_batches' in record
                  else '')

@@ -167,8 +167,9 @@ def test_cli_prints_a_table_and_the_figures_as_json(trained):
   for key, value in expected.items():
     assert printed[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-6))
   assert lines[1].split() == ['rnn-jax', 'most', 'frequent', 'unigram', 'Kneser-Ney', '4-gram']
-  assert [line[:14] for line in lines[2:6]] == [
-      'log loss      ', 'perplexity    ', 'accuracy      ', 'top-5 accuracy']
+  assert [line[:14] for line in lines[2:7]] == [
+      'log loss      ', 'bits per token', 'perplexity    ', 'accuracy      ', 'top-5 accuracy']
+  assert float(lines[3].split()[3]) == pytest.approx(expected['loss'] / math.log(2), abs=1e-4)
 
 
 def test_cli_reports_bad_input_on_one_line(trained, corpus, tmp_path):

@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 import shutil
 import subprocess
@@ -27,8 +28,10 @@ def test_loss_falls_and_metrics_are_logged(trained):
   assert [m['epoch'] for m in metrics] == [1, 2, 3]
   assert metrics[-1]['train_loss'] < metrics[0]['train_loss'] - 0.5
   assert metrics[-1]['val_loss'] < metrics[0]['val_loss'] - 0.5
-  assert set(metrics[0]) == {'epoch', 'train_loss', 'train_accuracy', 'val_loss',
-                             'val_accuracy', 'val_top5_accuracy', 'seconds'}
+  assert set(metrics[0]) == {'epoch', 'train_loss', 'train_bits', 'train_accuracy', 'val_loss',
+                             'val_bits', 'val_accuracy', 'val_top5_accuracy', 'seconds'}
+  for split in ('train', 'val'):
+    assert metrics[0][f'{split}_bits'] == pytest.approx(metrics[0][f'{split}_loss'] / math.log(2))
 
 
 def test_best_checkpoint_restores_to_the_same_predictions(trained):
