@@ -21,9 +21,9 @@ flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on; 0.0.0.0 opens th
                     'other machines.')
 flags.DEFINE_integer('port', 8000, 'Port to listen on.', lower_bound=0, upper_bound=65535)
 flags.DEFINE_enum('mode', 'window', sampling.MODES, 'How the model reads its context.')
-flags.DEFINE_list('batch_sizes', ['1', '8', '32'], 'The batch sizes the generator is compiled '
-                  'for: a call pads its rows to the first that fits; the last is the most rows '
-                  'one call takes.')
+flags.DEFINE_list('batch_sizes', ['1', '4', '8', '16', '32'], 'The batch sizes the generator '
+                  'is compiled for: a call pads its rows to the first that fits; the last is the '
+                  'most rows one call takes.')
 flags.DEFINE_list('word_buckets', ['25', '50', '100'], 'The lengths the generator is compiled '
                   'for: a request generates the first at least as long as it asks, cut back; '
                   'the last is the most words a request may ask for.')

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -40,7 +41,7 @@ class MicroBatcher:
     if max_rows < 1 or wait_s < 0:
       raise ValueError(f'max_rows must be >= 1 and wait_s >= 0, got {max_rows} and {wait_s}')
     self._run, self.max_rows, self._wait_s, self._gather_more = run, max_rows, wait_s, gather
-    self.counts = collections.Counter()  # calls, requests and rows run so far
+    self.counts = collections.Counter()  # calls, requests, rows and seconds in calls so far
     self._queue: asyncio.Queue[_Pending] | None = None
 
   async def __aenter__(self) -> 'MicroBatcher':
@@ -85,6 +86,7 @@ class MicroBatcher:
 
   async def _call(self, group: Hashable, chunk: list[_Pending]):
     self.counts.update(calls=1, requests=len(chunk), rows=sum(p.rows for p in chunk))
+    start = time.perf_counter()
     try:
       results = await asyncio.get_running_loop().run_in_executor(
           self._executor, self._run, group, [p.item for p in chunk])
@@ -93,6 +95,8 @@ class MicroBatcher:
         if not p.answer.done():
           p.answer.set_exception(error)
       return
+    finally:
+      self.counts['seconds'] += time.perf_counter() - start
     for p, result in zip(chunk, results, strict=True):
       if not p.answer.done():  # a request whose client went away is cancelled
         p.answer.set_result(result)

@@ -35,12 +35,12 @@ GAME_WORDS = 50  # words per continuation in a game round, at most the largest w
 @dataclasses.dataclass(frozen=True)
 class Limits:
   """What one request may ask for, and the shapes the generator is compiled for."""
-  batch_sizes: tuple[int, ...] = (1, 8, 32)  # a call's rows are padded to the first that fits
+  batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32)  # a call's rows pad to the first that fits
   word_buckets: tuple[int, ...] = (25, 50, 100)  # words generated: the first >= num_words
   max_samples: int = 8  # continuations per request
   max_seed_chars: int = 1000
   max_temperature: float = 2.0
-  top_k_choices: tuple[int, ...] = (0, 10, 40)  # 0: no top-k
+  top_k_choices: tuple[int, ...] = (0, 10, 40)  # 0: no top-k; those over the vocabulary go
   top_p_choices: tuple[float, ...] = (1.0, 0.95, 0.9, 0.8)  # 1.0: no top-p
 
   def __post_init__(self):
@@ -156,10 +156,9 @@ class Service:
     sampling.Decoding(mode)  # a bad mode fails here, before anything loads
     self.config, self.tokenizer, self.model, self.params = train.load(workdir, checkpoint)
     self.checkpoint, self.step = checkpoint, _checkpoint_step(workdir, checkpoint)
-    self.mode, self.limits = mode, limits
-    if max(limits.top_k_choices) > self.tokenizer.vocab_size:
-      raise UserError(f'top-k menu {limits.top_k_choices} offers more than the vocabulary '
-                      f'size {self.tokenizer.vocab_size}')
+    self.mode = mode
+    self.limits = dataclasses.replace(limits, top_k_choices=tuple(
+        k for k in limits.top_k_choices if k <= self.tokenizer.vocab_size))
     self.texts = data.prepare(self.config).valid_texts  # where random passages come from
     self.batcher = batching.MicroBatcher(self._run, max_rows=limits.batch_sizes[-1],
                                          wait_s=wait_s, gather=micro_batching)

@@ -60,7 +60,7 @@ def recording(calls):
 def test_concurrent_requests_share_calls_by_group_within_max_rows():
   calls = []
   results = batch(recording(calls), [('a', 1, 2), ('b', 2, 1), ('a', 3, 2), ('a', 4, 1)],
-                  max_rows=4, wait_s=0.5)
+                  max_rows=4, wait_s=0.05)
   assert results == ['a1', 'b2', 'a3', 'a4']
   # The first three fill max_rows: the fourth waits for the next round of calls.
   assert calls == [('a', [1, 3]), ('b', [2]), ('a', [4])]
