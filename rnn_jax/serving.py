@@ -29,7 +29,7 @@ from rnn_jax import train
 from rnn_jax.errors import UserError
 
 MAX_RNG_SEED = 2**32 - 1
-GAME_WORDS = 50  # words per continuation in a game round, at most the largest word bucket
+DEFAULT_WORDS = 50  # words per continuation and per game round, as experiments.sample and game
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +58,10 @@ class Limits:
   def max_words(self) -> int:
     return self.word_buckets[-1]
 
+  @property
+  def default_words(self) -> int:
+    return min(DEFAULT_WORDS, self.max_words)
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -78,8 +82,7 @@ class Settings:
     A field that is absent, null or an empty string takes its default.
     """
     return cls(
-        num_words=_within(fields, 'num_words', int, min(50, limits.max_words), 1,
-                          limits.max_words),
+        num_words=_within(fields, 'num_words', int, limits.default_words, 1, limits.max_words),
         temperature=_within(fields, 'temperature', float, cls.temperature, 0,
                             limits.max_temperature),
         top_k=_among(fields, 'top_k', int, 0, limits.top_k_choices),
@@ -209,7 +212,7 @@ class Service:
   async def game_round(self, rng_seed: int | None = None) -> game.Round:
     """A round of the human-or-machine game, its continuations at random temperatures."""
     rng = np.random.default_rng(_fresh_seed() if rng_seed is None else rng_seed)
-    words = min(GAME_WORDS, self.limits.max_words)
+    words = self.limits.default_words
     passage = self._passage(words, rng)
     temperatures = rng.uniform(*game.TEMPERATURES, size=game.CHOICES - 1).astype(np.float32)
     tokens, _ = await self._generate(passage.tokens, temperatures, words, 0, 1.0, rng)
@@ -247,15 +250,21 @@ class Service:
     num_words, top_k, top_p = group
     rows = sum(len(job.temperatures) for job in jobs)
     size = next(s for s in self.limits.batch_sizes if s >= rows)
-    pad = lambda a, value: np.concatenate(
-        [*a, np.full((size - rows, *a[0].shape[1:]), value, a[0].dtype)])
     generated = sampling.generate(
-        self.model, self.params, pad([j.prompts for j in jobs], 0),
-        pad([j.keys for j in jobs], 0), num_words, pad([j.temperatures for j in jobs], 1.0),
+        self.model, self.params, _stack([j.prompts for j in jobs], size, 0),
+        _stack([j.keys for j in jobs], size, 0), num_words,
+        _stack([j.temperatures for j in jobs], size, 1.0),
         sampling.Decoding(self.mode, top_k, top_p))
     ends = np.cumsum([len(job.temperatures) for job in jobs])
     return list(zip(np.split(np.asarray(generated.tokens)[:rows], ends[:-1]),
                     np.split(np.asarray(generated.log_probs)[:rows], ends[:-1])))
+
+
+def _stack(arrays: Sequence[np.ndarray], size: int, fill: float) -> np.ndarray:
+  """The arrays one after another along axis 0, then rows of `fill` up to `size` rows."""
+  rows = sum(len(a) for a in arrays)
+  return np.concatenate([*arrays, np.full((size - rows, *arrays[0].shape[1:]), fill,
+                                          arrays[0].dtype)])
 
 
 def _with_rng_seed(settings: Settings) -> Settings:

@@ -214,7 +214,7 @@ class _Pages:
     return (
         f'<div class="settings">'
         f'<label>Words <input type="number" name="num_words" id="num_words" min="1" '
-        f'max="{limits.max_words}" value="{value("num_words", min(50, limits.max_words))}">'
+        f'max="{limits.max_words}" value="{value("num_words", limits.default_words)}">'
         f'</label><label>Diversity (temperature) <input type="number" name="temperature" '
         f'id="temperature" min="0" max="{limits.max_temperature:g}" step="0.05" '
         f'value="{value("temperature", serving.Settings.temperature)}"></label>'
