@@ -7,22 +7,16 @@ import re
 
 import jax
 import pytest
+from starlette.testclient import TestClient
 
-pytest.importorskip('starlette', reason="the server needs the serve extra: pip install '.[serve]'")
-from starlette.testclient import TestClient  # pylint: disable=wrong-import-position
-
-from conftest import CYCLE  # pylint: disable=wrong-import-position
-from rnn_jax import batching  # pylint: disable=wrong-import-position
-from rnn_jax import serving  # pylint: disable=wrong-import-position
-from rnn_jax import web  # pylint: disable=wrong-import-position
-from rnn_jax.errors import UserError  # pylint: disable=wrong-import-position
+from conftest import CYCLE
+from rnn_jax import batching
+from rnn_jax import serving
+from rnn_jax import web
+from rnn_jax.errors import UserError
 
 LIMITS = serving.Limits(batch_sizes=(1, 4), word_buckets=(8, 16), max_samples=4,
                         max_seed_chars=200, top_k_choices=(0, 3), top_p_choices=(1.0, 0.9))
-COMPILES = []
-jax.monitoring.register_event_duration_secs_listener(
-    lambda event, *unused, **unused_kw: COMPILES.append(event)
-    if event == '/jax/core/compile/backend_compile_duration' else None)
 
 
 @pytest.fixture(scope='module')
@@ -37,6 +31,20 @@ def service(trained):
 def client(service):
   with TestClient(web.app(service)) as test_client:
     yield test_client
+
+
+@pytest.fixture
+def compilations():
+  """The XLA compilations while a test runs."""
+  events = []
+
+  def listen(event, *unused_args, **unused_kwargs):
+    if event == '/jax/core/compile/backend_compile_duration':
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  yield events
+  jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def batch(run, submissions, **options):
@@ -144,15 +152,14 @@ def test_a_request_writes_the_same_text_alone_or_batched_with_others(client):
   assert [len(a['samples'][-1]['generated'].split()) for a in alone] == [3, 9, 16, 5]
 
 
-def test_nothing_compiles_while_serving_the_default_decoding(client):
-  before = len(COMPILES)
+def test_nothing_compiles_while_serving_the_default_decoding(client, compilations):
   requests = [{'seed_text': 'zeta', 'num_words': n, 'num_samples': s, 'temperature': t}
               for n, s, t in [(1, 1, 0), (8, 3, 0.3), (9, 4, 2), (16, 2, 1)]]
   with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
     answers = list(pool.map(lambda r: client.post('/api/generate', json=r), requests))
   answers += [client.get('/api/random'), client.get('/game')]
   assert [a.status_code for a in answers] == [200] * 6
-  assert len(COMPILES) == before
+  assert not compilations
 
 
 def bad_inputs():

@@ -16,8 +16,7 @@ import urllib.request
 
 import pytest
 
-pytest.importorskip('uvicorn', reason="the server needs the serve extra: pip install '.[serve]'")
-from experiments import load_test  # pylint: disable=wrong-import-position
+from experiments import load_test
 
 REPO = Path(__file__).parents[1]
 START_S = 180  # jax's import, loading the run and compiling its programs, on a loaded machine
