@@ -161,10 +161,13 @@ class _Pages:
     return self._page('A random passage', form + results, status)
 
   async def game(self, request: Request) -> Response:
+    """GET deals a round; POST (the round's form) answers it."""
     if request.method == 'POST':
-      fields = urllib.parse.parse_qs((await request.body()).decode('utf-8', 'replace'))
-      return self._answer({name: values[-1] for name, values in fields.items()})
-    score, played = _score(request.query_params)
+      return self._answer(await _form(request))
+    return await self._deal(request.query_params)
+
+  async def _deal(self, query: Mapping[str, str]) -> Response:
+    score, played = _score(query)
     game_round = await self._service.game_round()
     round_id = secrets.token_urlsafe(12)
     self._rounds[round_id] = game_round
@@ -262,6 +265,12 @@ def _error(message: str) -> str:
 
 def _e(text: str) -> str:
   return html.escape(text, quote=True)
+
+
+async def _form(request: Request) -> dict[str, str]:
+  """The fields of a form POST (urlencoded), the last value of each."""
+  fields = urllib.parse.parse_qs((await request.body()).decode('utf-8', 'replace'))
+  return {name: values[-1] for name, values in fields.items()}
 
 
 def _score(fields: Mapping[str, str]) -> tuple[int, int]:
