@@ -43,15 +43,27 @@ def make_rounds(model: Any, params: Any, tokenizer: text.Tokenizer,
                                       jax.random.key(rng_seed), num_words,
                                       temperatures.ravel(), decoding, num_samples=machines)
   tokens = np.asarray(generated.tokens).reshape(count, machines, num_words)
-  rounds = []
-  for passage, own_tokens, own_temperatures in zip(passages, tokens, temperatures):
-    length = len(passage.actual)
-    options = [(seeds.show(tokenizer, t[:length]), float(temperature))
-               for t, temperature in zip(own_tokens, own_temperatures)]
-    options.append((seeds.show(tokenizer, passage.actual), None))
-    shown = [options[i] for i in rng.permutation(CHOICES)]
-    rounds.append(Round(seeds.show(tokenizer, passage.tokens), *map(tuple, zip(*shown))))
-  return rounds
+  return [arrange(tokenizer, passage, own_tokens, own_temperatures, rng)
+          for passage, own_tokens, own_temperatures in zip(passages, tokens, temperatures)]
+
+
+def arrange(tokenizer: text.Tokenizer, passage: seeds.Seed, generated: np.ndarray,
+            temperatures: Sequence[float], rng: np.random.Generator) -> Round:
+  """The round of a passage and its CHOICES - 1 generated continuations, in an order from rng.
+
+  Args:
+    tokenizer: the run's tokenizer, to show the texts.
+    passage: a random passage with its real continuation (`seeds.random_passages`).
+    generated: int32[CHOICES - 1, num_words], cut here to the real continuation's length.
+    temperatures: the temperature of each generated continuation.
+    rng: draws the order the three are shown in.
+  """
+  length = len(passage.actual)
+  options = [(seeds.show(tokenizer, t[:length]), float(temperature))
+             for t, temperature in zip(generated, temperatures)]
+  options.append((seeds.show(tokenizer, passage.actual), None))
+  shown = [options[i] for i in rng.permutation(CHOICES)]
+  return Round(seeds.show(tokenizer, passage.tokens), *map(tuple, zip(*shown)))
 
 
 def play(rounds: Sequence[Round], answers: Iterator[str], say: Callable[[str], None]) -> int:

@@ -1,0 +1,124 @@
+"""A bounded load test of an `experiments.serve` server on this machine.
+
+  python -m experiments.load_test --url=http://127.0.0.1:8000 --requests=400 --concurrency=32
+
+Sends `--requests` generation requests from `--concurrency` clients at once, each client sending
+its next request when the last is answered, and stops when all are answered or given up on
+(`--timeout_s` each). Prints latency percentiles, requests per second and how many generator
+calls the server made for them (from /api/health). Only loopback addresses are accepted.
+"""
+
+import ipaddress
+import json
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent import futures
+
+from absl import flags
+import numpy as np
+
+from experiments import config_flags
+from rnn_jax.errors import UserError
+
+flags.DEFINE_string('url', 'http://127.0.0.1:8000', 'The server, on this machine.')
+flags.DEFINE_integer('requests', 400, 'Requests to send in all.', lower_bound=1,
+                     upper_bound=100_000)
+flags.DEFINE_integer('concurrency', 32, 'Clients sending at once.', lower_bound=1,
+                     upper_bound=1024)
+flags.DEFINE_string('seed_text', 'A neural network', 'The text every request continues.')
+flags.DEFINE_integer('num_words', 50, 'Words per request.', lower_bound=1)
+flags.DEFINE_float('temperature', 0.75, 'Temperature of every request.', lower_bound=0)
+flags.DEFINE_float('timeout_s', 120, 'A request not answered in this time counts as lost.',
+                   lower_bound=0.1)
+FLAGS = flags.FLAGS
+
+
+def run_load(url: str, body: dict, requests: int, concurrency: int,
+             timeout_s: float) -> dict:
+  """POSTs `body` to {url}/api/generate `requests` times from `concurrency` threads.
+
+  Returns counts (answered 200, refused with another status, lost without an answer), latency
+  percentiles of the answered in ms, requests answered per second over the whole run, and the
+  server's generator calls during the run with the seconds they took.
+  """
+  url = url.rstrip('/')
+  _check_loopback(url)
+  before = _get_json(url + '/api/health', timeout_s)['batching']
+  payload = json.dumps(body).encode()
+  start = time.perf_counter()
+  with futures.ThreadPoolExecutor(concurrency) as pool:
+    outcomes = list(pool.map(lambda _: _post(url + '/api/generate', payload, timeout_s),
+                             range(requests)))
+  seconds = time.perf_counter() - start
+  after = _get_json(url + '/api/health', timeout_s)['batching']
+  latencies = np.array([ms for status, ms in outcomes if status == 200])
+  refused = [status for status, _ in outcomes if status not in (200, None)]
+  calls = after.get('calls', 0) - before.get('calls', 0)
+  busy = after.get('seconds', 0) - before.get('seconds', 0)
+  return {
+      'requests': requests, 'concurrency': concurrency, 'answered': len(latencies),
+      'refused': len(refused), 'lost': sum(status is None for status, _ in outcomes),
+      'p50_ms': _percentile(latencies, 50), 'p95_ms': _percentile(latencies, 95),
+      'max_ms': _percentile(latencies, 100), 'requests_per_s': round(len(latencies) / seconds, 1),
+      'seconds': round(seconds, 2), 'generator_calls': calls,
+      'requests_per_call': round(requests / max(calls, 1), 2),
+      'generator_seconds': round(busy, 2)}
+
+
+def _check_loopback(url: str):
+  host = urllib.parse.urlsplit(url).hostname
+  try:
+    addresses = {ipaddress.ip_address(info[4][0]) for info in socket.getaddrinfo(host, None)}
+  except (OSError, ValueError):
+    raise UserError(f'cannot resolve the host of {url}') from None
+  if not all(address.is_loopback for address in addresses):
+    raise UserError(f'the load test sends traffic to this machine only, not to {host}')
+
+
+def _post(url: str, payload: bytes, timeout_s: float) -> tuple[int | None, float]:
+  """(status, ms); status None when no answer came."""
+  request = urllib.request.Request(url, payload, {'Content-Type': 'application/json'})
+  start = time.perf_counter()
+  try:
+    with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+      answer.read()
+      status = answer.status
+  except urllib.error.HTTPError as e:
+    status = e.code
+  except OSError:  # refused, reset or timed out
+    status = None
+  return status, (time.perf_counter() - start) * 1000
+
+
+def _get_json(url: str, timeout_s: float) -> dict:
+  try:
+    with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+      return json.load(answer)
+  except OSError as e:
+    raise UserError(f'no server answers at {url}: {e}') from None
+
+
+def _percentile(values: np.ndarray, q: float) -> float | None:
+  return round(float(np.percentile(values, q)), 1) if len(values) else None
+
+
+def main(argv):
+  del argv
+  body = {'seed_text': FLAGS.seed_text, 'num_words': FLAGS.num_words,
+          'temperature': FLAGS.temperature}
+  report = run_load(FLAGS.url, body, FLAGS.requests, FLAGS.concurrency, FLAGS.timeout_s)
+  print(f'{report["answered"]} of {report["requests"]} answered ({report["refused"]} refused, '
+        f'{report["lost"]} lost) from {report["concurrency"]} clients: p50 {report["p50_ms"]} ms, '
+        f'p95 {report["p95_ms"]} ms, {report["requests_per_s"]} requests/s, '
+        f'{report["requests_per_call"]} requests per generator call, generator busy '
+        f'{report["generator_seconds"]} s of {report["seconds"]} s')
+  print(json.dumps(report))
+  if report['answered'] != report['requests']:
+    raise UserError('not every request was answered')
+
+
+if __name__ == '__main__':
+  config_flags.run(main)
