@@ -163,22 +163,24 @@ class LSTM(nn.Module):
     return state, state[1]
 
   def _rows(self, inputs: Array, ids: Array | None, kernel: Array,
-            dropout_key: Array | None) -> tuple[Array, Array]:
-    """Input projections and the one each step reads: (f32[rows, 4 * units], int32[time, batch]).
+            dropout_key: Array | None) -> tuple[Array, Array | None]:
+    """The input projections `recurrence.lstm` reads, and the ids it reads them by.
 
     A table read through `ids` without input dropout is projected row by row, when it has fewer
-    rows than there are steps; otherwise every step's input is projected, in one matmul on 2-D
-    operands (XLA's CPU backend runs its gradient 3x slower on 3-D ones).
+    rows than there are steps: (f32[rows, 4 * units], ids). Otherwise every step's input is
+    projected: (f32[batch, time, 4 * units], None), in one matmul on 2-D operands (XLA's CPU
+    backend runs its gradient 3x slower on 3-D ones), batch-major so that the merged dimension
+    keeps a batch split over devices.
     """
     if ids is not None and dropout_key is None and len(inputs) < ids.size:
       return matmul(inputs, kernel, self.dtype), ids
-    if ids is not None:
-      inputs = inputs[ids]
-    time, batch, features = inputs.shape
+    inputs = jnp.swapaxes(inputs, 0, 1) if ids is None else inputs[ids.T]
+    batch, time, features = inputs.shape
     if dropout_key is not None:
-      inputs = inputs * _dropout_mask(dropout_key, self.dropout, (batch, features), inputs.dtype)
+      mask = _dropout_mask(dropout_key, self.dropout, (batch, features), inputs.dtype)
+      inputs = inputs * mask[:, None]
     rows = matmul(inputs.reshape(-1, features), kernel, self.dtype)
-    return rows, jnp.arange(time * batch).reshape(time, batch)
+    return rows.reshape(batch, time, -1), None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

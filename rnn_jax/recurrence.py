@@ -54,9 +54,11 @@ def lstm(rows: Array, ids: Array, recurrent_kernel: Array, bias: Array, recurren
   """Runs the recurrence over time.
 
   Args:
-    rows: f32[n, 4 * units], input projections x @ kernel, of which `ids` picks each step's.
-    ids: int32[time, batch], the row of every step: a vocabulary id when `rows` projects the
-      word vectors, else the position of (time, batch) in the flattened projection.
+    rows: f32[n, 4 * units], projected word vectors (x @ kernel) of which `ids` picks each
+      step's; or, without ids, f32[batch, time, 4 * units], every step's projected input.
+      Batch-major, so that a batch split over devices stays split (XLA cannot shard a merged
+      [time * batch] dimension along batch).
+    ids: int32[time, batch], the vocabulary id each step reads from `rows`; or None.
     recurrent_kernel: f32[units, 4 * units].
     bias: f32[4 * units], added inside the step, where the add costs no pass of its own.
     recurrent_mask: f32[batch, units], multiplies h before the recurrent matmul (dropout; ones
@@ -84,13 +86,25 @@ def _forward(rows, ids, recurrent_kernel, bias, recurrent_mask, step_mask, c0, h
   def step(carry, xs):
     c, h = carry
     ids_t, read = xs
-    gates = rows[ids_t] + bias + (h * recurrent_mask) @ recurrent_kernel
+    gates = _rows_at(rows, ids_t) + bias + (h * recurrent_mask) @ recurrent_kernel
     new_c, new_h, t, _ = activate(gates, c)
     new_c = jnp.where(read > 0, new_c, c)
     new_h = jnp.where(read > 0, new_h, h)
     return (new_c, new_h), (new_h, (c, t))
 
-  return jax.lax.scan(step, (c0, h0), (ids, step_mask), reverse=reverse)
+  return jax.lax.scan(step, (c0, h0), (_step_ids(rows, ids), step_mask), reverse=reverse)
+
+
+def _step_ids(rows: Array, ids: Array | None) -> Array:
+  """What each step reads rows by: the ids, or its time index when rows are per step."""
+  return jnp.arange(rows.shape[1]) if ids is None else ids
+
+
+def _rows_at(rows: Array, ids_t: Array) -> Array:
+  """One step's projected inputs, f32[batch, 4 * units]: rows picked by id, or the step's."""
+  if ids_t.ndim:
+    return rows[ids_t]
+  return jax.lax.dynamic_index_in_dim(rows, ids_t, axis=1, keepdims=False)
 
 
 def _lstm_fwd(rows, ids, recurrent_kernel, bias, recurrent_mask, step_mask, c0, h0, reverse):
@@ -121,7 +135,8 @@ def _lstm_bwd(reverse, residuals, cotangents):
                               axis=-1) * (1 - t * t) * slope
     # The rows' and the kernel's gradients gather in the carry, so no [time, batch, 4 * units]
     # array of gate gradients is ever written.
-    d_rows = d_rows.at[ids_t].add(d_gates)
+    d_rows = (d_rows.at[ids_t].add(d_gates) if ids_t.ndim
+              else jax.lax.dynamic_update_index_in_dim(d_rows, d_gates, ids_t, axis=1))
     d_kernel = d_kernel + (h_before_t * recurrent_mask).T @ d_gates
     d_h_before = (d_gates @ recurrent_kernel.T) * recurrent_mask + d_h * (1 - read)
     d_c_before = d_c_cell * f + d_c * (1 - read)
@@ -129,7 +144,8 @@ def _lstm_bwd(reverse, residuals, cotangents):
 
   start = (d_c, d_h, jnp.zeros_like(rows), jnp.zeros_like(recurrent_kernel))
   (d_c0, d_h0, d_rows, d_kernel), d_bias = jax.lax.scan(
-      step, start, (d_hs, step_mask, cs, ts, ids, h_before), reverse=not reverse)
+      step, start, (d_hs, step_mask, cs, ts, _step_ids(rows, ids), h_before),
+      reverse=not reverse)
   return (d_rows, None, d_kernel, d_bias.sum(0), None, None, d_c0, d_h0)
 
 

@@ -18,7 +18,7 @@ ROWS = 10  # input projections the steps pick from
 
 def plain_lstm(rows, ids, recurrent_kernel, bias, recurrent_mask, step_mask, c0, h0, reverse):
   """Keras' equations with sigmoids, a masked lax.scan, and autodiff for the gradient."""
-  gates_x = rows[ids]
+  gates_x = jnp.swapaxes(rows, 0, 1) if ids is None else rows[ids]
 
   def step(carry, xs):
     c, h = carry
@@ -33,14 +33,17 @@ def plain_lstm(rows, ids, recurrent_kernel, bias, recurrent_mask, step_mask, c0,
   return jax.lax.scan(step, (c0, h0), (gates_x, step_mask), reverse=reverse)
 
 
-def random_arguments(seed: int, masked: bool, dropout: bool):
+def random_arguments(seed: int, masked: bool, dropout: bool, by_id: bool = True):
+  """The recurrence's arguments; `by_id`: steps pick rows of a table, else each step has its
+  own row of f32[batch, time, 4 * units]."""
   rng = np.random.default_rng(seed)
   normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
   step_mask = rng.random((TIME, BATCH, 1)) < (0.7 if masked else 1.1)
   recurrent_mask = (rng.random((BATCH, UNITS)) < 0.8) / 0.8 if dropout else np.ones((BATCH, UNITS))
   # Fewer rows than steps: some rows are read by several steps, and their gradients add up.
   ids = jnp.asarray(rng.integers(0, ROWS, (TIME, BATCH)), jnp.int32)
-  return (normal(ROWS, 4 * UNITS), ids, 0.5 * normal(UNITS, 4 * UNITS), normal(4 * UNITS),
+  rows = normal(ROWS, 4 * UNITS) if by_id else normal(BATCH, TIME, 4 * UNITS)
+  return (rows, ids if by_id else None, 0.5 * normal(UNITS, 4 * UNITS), normal(4 * UNITS),
           jnp.asarray(recurrent_mask, jnp.float32), jnp.asarray(step_mask, jnp.float32),
           normal(BATCH, UNITS), normal(BATCH, UNITS))
 
@@ -54,9 +57,10 @@ def weighted_loss(lstm, weights, *args, reverse):
 @pytest.mark.parametrize('reverse', [False, True])
 @pytest.mark.parametrize('masked', [False, True])
 @pytest.mark.parametrize('dropout', [False, True])
-def test_values_and_gradients_equal_autodiff_of_a_plain_scan(reverse, masked, dropout):
+@pytest.mark.parametrize('by_id', [True, False])
+def test_values_and_gradients_equal_autodiff_of_a_plain_scan(reverse, masked, dropout, by_id):
   args = random_arguments(seed=int(reverse) + 2 * masked + 4 * dropout, masked=masked,
-                          dropout=dropout)
+                          dropout=dropout, by_id=by_id)
   weights = jnp.asarray(np.random.default_rng(9).standard_normal((TIME, BATCH, UNITS)),
                         jnp.float32)
   (c, h), hs = recurrence.lstm(*args, reverse)
@@ -72,10 +76,13 @@ def test_values_and_gradients_equal_autodiff_of_a_plain_scan(reverse, masked, dr
   for name, grad, plain_grad in zip(['rows', 'kernel', 'bias', 'c0', 'h0'], grads,
                                     plain_grads):
     np.testing.assert_allclose(grad, plain_grad, rtol=1e-5, atol=1e-5, err_msg=name)
-  if masked:  # skipped steps pass the state's gradient through and get none themselves
+  if masked and by_id:  # skipped steps pass the state's gradient through and get none
     read_rows = np.unique(np.asarray(args[1])[np.asarray(args[5][..., 0]) > 0])
     unread = np.setdiff1d(np.arange(ROWS), read_rows)
     assert not np.asarray(grads[0])[unread].any()
+  if masked and not by_id:
+    skipped = np.asarray(args[5][..., 0]).T == 0  # [batch, time]
+    assert not np.asarray(grads[0])[skipped].any()
 
 
 def test_masks_get_no_gradient():
