@@ -102,7 +102,6 @@ class MicroBatcher:
         p.answer.set_result(result)
 
 
-
 def _chunks(pending: list[_Pending], max_rows: int) -> list[tuple[Hashable, list[_Pending]]]:
   """The requests by group in arrival order, each group cut into calls of at most max_rows."""
   groups = collections.defaultdict(list)
