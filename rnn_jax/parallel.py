@@ -50,6 +50,13 @@ def initialize(coordinator_address: str = '', num_processes: int | None = None,
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
+def any_process(flag: bool) -> bool:
+  """Whether `flag` holds on any process of the run; every process must ask at the same point."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
 def is_primary() -> bool:
   """Whether this process writes the work dir's files and logs (process 0 of a run)."""
   return jax.process_index() == 0

@@ -5,6 +5,10 @@ import signal
 import threading
 from typing import Self
 
+import jax
+
+from rnn_jax import parallel
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -25,6 +29,7 @@ class StopRequest:
 
   def __init__(self):
     self.signum: int | None = None
+    self._agreed = False  # several processes: whether they agreed to stop
     self._previous = {}
 
   def __enter__(self) -> Self:
@@ -36,10 +41,21 @@ class StopRequest:
   def __exit__(self, *unused_exc_info):
     self._restore()
 
+  def requested(self, check: bool = True) -> bool:
+    """Whether to stop after this step. The processes of one run must stop at the same step:
+    at `check` steps they agree to stop when any of them was signalled (a small collective)."""
+    if jax.process_count() == 1:
+      return self.signum is not None
+    if check and not self._agreed:
+      self._agreed = parallel.any_process(self.signum is not None)
+    return self._agreed
+
   def stopped(self, saved: Path) -> Stopped:
     """The exception that ends the run once its state is `saved`."""
-    return Stopped(f'stopped by {signal.Signals(self.signum).name}: the state is saved in '
-                   f'{saved}; continue with --resume', self.signum)
+    cause = (signal.Signals(self.signum).name if self.signum
+             else 'a signal to another process of the run')
+    return Stopped(f'stopped by {cause}: the state is saved in {saved}; continue with --resume',
+                   self.signum or signal.SIGTERM)
 
   def _note(self, signum: int, unused_frame):
     self.signum = signum

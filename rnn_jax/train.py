@@ -113,7 +113,8 @@ def train_epoch(step_fn, state, windows: data.Windows | data.Chunks, config: Con
   Each process reads its rows of every batch, which `parallel` splits over the mesh.
 
   `save_inside(state, step, position)` saves at every checkpoint_every_steps-th global step and
-  when `stop` notes a signal, except at the epoch's last step: the epoch's own checkpoint follows.
+  when `stop` asks (the processes of a run agree at log steps), except at the epoch's last step:
+  the epoch's own checkpoint follows.
   """
   epoch, done = progress['epoch'] + 1, progress.get('batches_done', 0)
   batch_size, every = config.train.batch_size, config.train.checkpoint_every_steps
@@ -127,7 +128,8 @@ def train_epoch(step_fn, state, windows: data.Windows | data.Chunks, config: Con
       state, sums = step_fn(state, parallel.batch(batch, batch_size), dropout_key)
       pending.append(sums)
       global_step = (epoch - 1) * num_steps + step
-      save = step < num_steps and (stop.signum is not None or every and global_step % every == 0)
+      asked = stop.requested(check=step % config.train.log_every == 0)
+      save = step < num_steps and (asked or every and global_step % every == 0)
       if save or step % config.train.log_every == 0 or step == num_steps:
         # Read before every save too: a non-finite loss stops the run before its state is saved.
         _accumulate(totals, jax.device_get(pending), global_step - len(pending))
@@ -285,7 +287,7 @@ def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state,
 
 def _stop_if_asked(manager, stop: preemption.StopRequest, step: int):
   """After a signal: waits until the checkpoint at `step` is written, then ends the run."""
-  if stop.signum is not None:
+  if stop.requested():
     checkpoints.finish(manager)
     raise stop.stopped(manager.directory / str(step))
 

@@ -9,9 +9,11 @@ already started JAX with a single device.
 import json
 import os
 from pathlib import Path
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -92,28 +94,45 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_two_processes(corpus: Path, workdir: Path, max_epochs: int, *args: str):
-  """The tiny run as two processes of one device each, on localhost; fails on a non-zero exit."""
+def start_two_processes(corpus: Path, workdir: Path, *args: str) -> list[subprocess.Popen]:
+  """The tiny run as two processes of one device each, on localhost."""
   address = f'localhost:{free_port()}'
-  flags = flags_of(tiny_config(corpus, max_epochs=max_epochs))
-  processes = [subprocess.Popen(
-      [sys.executable, '-m', 'experiments.train', f'--workdir={workdir}', *flags, *args,
-       f'--coordinator_address={address}', '--num_processes=2', f'--process_id={index}'],
+  return [subprocess.Popen(
+      [sys.executable, '-m', 'experiments.train', f'--workdir={workdir}',
+       *flags_of(tiny_config(corpus)), *args, f'--coordinator_address={address}',
+       '--num_processes=2', f'--process_id={index}'],
       cwd=REPO, env=child_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for index in range(2)]
-  outputs = [process.communicate(timeout=300) for process in processes]
-  for process, (_, stderr) in zip(processes, outputs):
-    assert process.returncode == 0, stderr[-3000:]
-  return [stderr for _, stderr in outputs]
+
+
+def finish(processes: list[subprocess.Popen]) -> list[tuple[int, str]]:
+  """(exit code, stderr) of each process."""
+  errors = [process.communicate(timeout=300)[1] for process in processes]
+  return [(process.returncode, error) for process, error in zip(processes, errors)]
 
 
 @pytest.mark.multiprocess
-def test_two_processes_train_and_resume_as_one(corpus, trained, tmp_path):
+def test_two_processes_stop_together_and_resume_as_one(corpus, trained, tmp_path):
+  """A SIGTERM to process 1 alone stops both at the same step with a collective checkpoint;
+  resumed, the run reaches the single-process run's losses with the same global batch."""
   reference, _ = trained
   workdir = tmp_path / 'run'
-  run_two_processes(corpus, workdir, 2)
-  assert [r['epoch'] for r in read_metrics(workdir)] == [1, 2]
-  primary, other = run_two_processes(corpus, workdir, 3, '--resume')
+  processes = start_two_processes(corpus, workdir, '--log_every=1')
+  deadline = time.monotonic() + 240
+  while not (workdir / 'metrics.jsonl').exists() or not read_metrics(workdir):
+    assert all(p.poll() is None for p in processes), finish(processes)
+    assert time.monotonic() < deadline, 'no epoch finished'
+    time.sleep(0.01)
+  processes[1].send_signal(signal.SIGTERM)
+  (primary_code, primary), (other_code, other) = finish(processes)
+  assert (primary_code, other_code) == (128 + signal.SIGTERM,) * 2, (primary, other)
+  assert 'stopped by a signal to another process of the run' in primary
+  assert 'stopped by SIGTERM' in other
+  assert read_metrics(workdir)[-1]['epoch'] < 3  # it stopped before the end
+
+  (primary_code, primary), (other_code, other) = finish(
+      start_two_processes(corpus, workdir, '--resume'))
+  assert (primary_code, other_code) == (0, 0), (primary[-2000:], other[-2000:])
   assert 'Resuming' in primary and 'Epoch 3' in primary
   # Process 1 logs errors only (and jax.distributed's line before it knew its index).
   assert 'Epoch' not in other
