@@ -83,13 +83,14 @@ class Parallel:
       shape += (1,)
     if len(shape) != 2 or min(shape) < 1:
       raise UserError(f'--mesh_shape is data[,model] device counts, got {list(mesh_shape)}')
-    used = math.prod(shape)
-    if used > len(devices) or (jax.process_count() > 1 and used != len(devices)):
-      raise UserError(f'--mesh_shape {",".join(map(str, shape))} needs {used} devices; there '
-                      f'are {len(devices)}{" (a multi-process mesh uses all)" * (used < len(devices))}')
     if shape[1] > 1 and not shard_params:
       raise UserError('a model axis (--mesh_shape=data,model with model > 1) only serves '
                       '--shard_params')
+    used = math.prod(shape)
+    if used > len(devices) or (jax.process_count() > 1 and used != len(devices)):
+      every = ' (a mesh over several processes uses every device)' * (used < len(devices))
+      raise UserError(f'--mesh_shape {",".join(map(str, shape))} needs {used} devices; there '
+                      f'are {len(devices)}{every}')
     return cls(_mesh(shape, devices[:used]), shard_params)
 
   @staticmethod

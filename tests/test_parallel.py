@@ -19,8 +19,10 @@ import jax
 import numpy as np
 import pytest
 
+from rnn_jax import parallel
 from rnn_jax import sampling
 from rnn_jax import train
+from rnn_jax.errors import UserError
 
 from conftest import flags_of, read_metrics, tiny_config
 
@@ -138,3 +140,30 @@ def test_two_processes_stop_together_and_resume_as_one(corpus, trained, tmp_path
   assert 'Epoch' not in other
   assert_close_metrics(workdir, reference)
   assert json.loads((workdir / 'results.json').read_text())['best_epoch'] == 3
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (('', 2, None), '--num_processes and --process_id need --coordinator_address'),
+    (('localhost:1', 2, 2), 'needs --num_processes >= 1 and 0 <= --process_id < --num_processes'),
+    (('localhost:1', None, 0), 'needs --num_processes >= 1'),
+])
+def test_bad_process_flags_are_one_line_before_anything_starts(arguments, message):
+  with pytest.raises(UserError, match=message):
+    parallel.initialize(*arguments)
+
+
+@pytest.mark.parametrize('mesh_shape, message', [
+    ([0], 'data\\[,model\\] device counts'),
+    ([1, 1, 1], 'data\\[,model\\] device counts'),
+    ([2], 'needs 2 devices; there are 1'),
+    ([1, 2], 'needs 2 devices'),
+])
+def test_meshes_this_machine_cannot_build_are_one_line(mesh_shape, message):
+  with pytest.raises(UserError, match=message):
+    parallel.Parallel.create(mesh_shape, shard_params=True)
+
+
+def test_a_model_axis_needs_shard_params_and_one_device_holds_every_row():
+  with pytest.raises(UserError, match='only serves --shard_params'):
+    parallel.Parallel.create([1, 2])
+  assert parallel.Parallel.create().rows(48) == slice(0, 48)
