@@ -1,4 +1,4 @@
-"""Character-level models and plain-text streams: tokenizing, windows, bits, a tiny trained model."""
+"""Character-level models and plain-text streams: tokenizing, windows, bits, a tiny model."""
 
 import json
 import math
