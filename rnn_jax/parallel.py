@@ -105,7 +105,8 @@ class Parallel:
     return self.mesh.shape[DATA]
 
   @property
-  def _rows_sharding(self) -> NamedSharding:
+  def rows_sharding(self) -> NamedSharding:
+    """Arrays with one row per sequence, split along `data` by their first axis."""
     return NamedSharding(self.mesh, P(DATA))
 
   def check_batch_size(self, batch_size: int, flag: str):
@@ -115,7 +116,7 @@ class Parallel:
 
   def rows(self, batch_size: int) -> slice:
     """The rows of a global batch that this process's devices hold."""
-    indices = self._rows_sharding.addressable_devices_indices_map((batch_size,)).values()
+    indices = self.rows_sharding.addressable_devices_indices_map((batch_size,)).values()
     starts = sorted({index[0].indices(batch_size)[:2] for index in indices})
     if any(stop != start for (_, stop), (start, _) in zip(starts, starts[1:])):
       raise UserError('this process holds rows of the batch that are not contiguous: build the '
@@ -125,7 +126,7 @@ class Parallel:
   def batch(self, local: Sequence[np.ndarray], batch_size: int) -> tuple[jax.Array, ...]:
     """The global batch from this process's rows (`rows(batch_size)` of each array)."""
     return tuple(jax.make_array_from_process_local_data(
-        self._rows_sharding, array, (batch_size, *array.shape[1:])) for array in local)
+        self.rows_sharding, array, (batch_size, *array.shape[1:])) for array in local)
 
   def place(self, tree: Any) -> Any:
     """A train state (or any tree of arrays, the same on every process) put on the mesh:
@@ -161,4 +162,4 @@ def spread_rows(tree: Any, *rows: jax.Array) -> tuple[Any, tuple[jax.Array, ...]
   mesh = Parallel(_mesh((len(devices), 1), devices))
   pad = -len(rows[0]) % len(devices)
   padded = (jnp.concatenate([row, jnp.repeat(row[:1], pad, axis=0)]) for row in rows)
-  return mesh.place(tree), tuple(jax.device_put(row, mesh._rows_sharding) for row in padded)
+  return mesh.place(tree), tuple(jax.device_put(row, mesh.rows_sharding) for row in padded)
