@@ -86,6 +86,19 @@ def browser():
   chrome.quit()
 
 
+def follow(browser, element, timeout_s: float = 60) -> None:
+  """Clicks a link or a submit button and waits for the next page, which a click does not."""
+  # pylint: disable=import-outside-toplevel
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support import expected_conditions
+  from selenium.webdriver.support.ui import WebDriverWait
+  page = browser.find_element(By.TAG_NAME, 'html')
+  element.click()
+  wait = WebDriverWait(browser, timeout_s)
+  wait.until(expected_conditions.staleness_of(page))
+  wait.until(lambda b: b.execute_script('return document.readyState') == 'complete')
+
+
 def test_the_page_generates_and_plays_a_game_round_in_chromium(server, browser):
   from selenium.webdriver.common.by import By  # pylint: disable=import-outside-toplevel
   from selenium.webdriver.support.ui import Select  # pylint: disable=import-outside-toplevel
@@ -97,18 +110,18 @@ def test_the_page_generates_and_plays_a_game_round_in_chromium(server, browser):
     field.clear()
     field.send_keys(value)
   Select(browser.find_element(By.ID, 'top_k')).select_by_visible_text('all words')
-  browser.find_element(By.ID, 'submit').click()
+  follow(browser, browser.find_element(By.ID, 'submit'))
   generated = [e.text for e in browser.find_elements(By.CLASS_NAME, 'generated')]
   assert generated == ['epsilon zeta eta theta alpha beta'] * 2
   assert 'left out: <b>bold</b>' in browser.find_element(By.CLASS_NAME, 'unknown').text
 
-  browser.find_element(By.LINK_TEXT, 'Human or machine?').click()
+  follow(browser, browser.find_element(By.LINK_TEXT, 'Human or machine?'))
   assert browser.find_element(By.ID, 'score').text == 'Score: 0 of 0'
   assert len(browser.find_elements(By.CSS_SELECTOR, '.continuation')) == 3
-  browser.find_element(By.ID, 'choice-2').click()
+  follow(browser, browser.find_element(By.ID, 'choice-2'))
   verdict = browser.find_element(By.CLASS_NAME, 'verdict').text
   assert browser.find_element(By.ID, 'score').text == (
       'Score: 1 of 1' if verdict.startswith('Correct!') else 'Score: 0 of 1')
   assert len(browser.find_elements(By.CSS_SELECTOR, '.human')) == 1
-  browser.find_element(By.ID, 'next').click()
+  follow(browser, browser.find_element(By.ID, 'next'))
   assert browser.find_element(By.ID, 'score').text.endswith('of 1')
