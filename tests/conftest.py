@@ -1,8 +1,12 @@
 """A tiny learnable corpus and one short training run, shared by the tests."""
 
 import json
+import os
 from pathlib import Path
+import shutil
+import tempfile
 
+import jax
 import numpy as np
 import pytest
 
@@ -11,6 +15,21 @@ from rnn_jax import train
 from rnn_jax.configs import Config, DataConfig, ModelConfig, TrainConfig
 
 CYCLE = 'alpha beta gamma delta epsilon zeta eta theta'.split()
+
+
+def pytest_configure(config):
+  """One persistent compilation cache for the session and every process its tests start.
+
+  Most tests, and the command-line runs they start, compile the same tiny programs again, and
+  compiling is most of their time. The cache must be set before the first compilation, which jax
+  takes as its cue to decide whether to use one.
+  """
+  cache = tempfile.mkdtemp(prefix='rnn-jax-tests-compilation-cache-')
+  config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = cache  # inherited by the processes tests start
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  jax.config.update('jax_compilation_cache_dir', cache)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
 @pytest.fixture(scope='session')

@@ -35,11 +35,12 @@ def client(service):
 
 @pytest.fixture
 def compilations():
-  """The XLA compilations while a test runs."""
+  """The XLA compilations while a test runs, and the programs loaded from the tests' cache."""
   events = []
 
   def listen(event, *unused_args, **unused_kwargs):
-    if event == '/jax/core/compile/backend_compile_duration':
+    if event in ('/jax/core/compile/backend_compile_duration',
+                 '/jax/compilation_cache/cache_retrieval_time_sec'):
       events.append(event)
 
   jax.monitoring.register_event_duration_secs_listener(listen)
