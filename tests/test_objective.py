@@ -56,11 +56,12 @@ def test_the_every_position_loss_sums_each_labelled_position_scored_on_its_prefi
   features = np.array([[1, 2, 3, 4], [5, 6, 7, 0]], np.int32)
   labels = np.array([[2, 3, 4, 5], [6, 7, 0, 0]], np.int32)
   weights = (labels != 0).astype(np.float32)
-  _, metrics = train.train_step(state, (features, labels, weights), jax.random.key(1))
+  # Jitted as training jits them: run op by op, the step and the model take seconds.
+  _, metrics = jax.jit(train.train_step)(state, (features, labels, weights), jax.random.key(1))
+  apply = jax.jit(state.apply_fn, static_argnames='deterministic')
   losses = []
   for row, t in zip(*np.nonzero(labels)):
-    logits = state.apply_fn({'params': state.params}, features[row:row + 1, :t + 1],
-                            deterministic=True)[0]
+    logits = apply({'params': state.params}, features[row:row + 1, :t + 1], deterministic=True)[0]
     losses.append(-jax.nn.log_softmax(logits)[labels[row, t]])
   assert float(metrics['count']) == len(losses) == 6
   np.testing.assert_allclose(float(metrics['loss']), np.sum(losses), rtol=1e-5)
