@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+from rnn_jax import checkpoints
 from rnn_jax import parallel
 from rnn_jax import sampling
 from rnn_jax import train
@@ -121,7 +122,7 @@ def test_two_processes_stop_together_and_resume_as_one(corpus, trained, tmp_path
   workdir = tmp_path / 'run'
   processes = start_two_processes(corpus, workdir, '--log_every=1')
   deadline = time.monotonic() + 240
-  while not (workdir / 'metrics.jsonl').exists() or not read_metrics(workdir):
+  while not (workdir / checkpoints.METRICS).exists() or not read_metrics(workdir):
     assert all(p.poll() is None for p in processes), finish(processes)
     assert time.monotonic() < deadline, 'no epoch finished'
     time.sleep(0.01)

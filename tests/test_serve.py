@@ -35,12 +35,11 @@ def client(service):
 
 @pytest.fixture
 def compilations():
-  """The XLA compilations while a test runs, and the programs loaded from the tests' cache."""
+  """The XLA compilations while a test runs."""
   events = []
 
   def listen(event, *unused_args, **unused_kwargs):
-    if event in ('/jax/core/compile/backend_compile_duration',
-                 '/jax/compilation_cache/cache_retrieval_time_sec'):
+    if event == '/jax/core/compile/backend_compile_duration':
       events.append(event)
 
   jax.monitoring.register_event_duration_secs_listener(listen)
