@@ -1,4 +1,4 @@
-"""Which neurons light up: the last LSTM layer's hidden state after each word of a text.
+"""Which neurons light up: the last recurrent layer's hidden state after each word of a text.
 
   python -m experiments.activations --workdir=DIR --text='A neural network is trained'
 
@@ -15,10 +15,11 @@ import numpy as np
 
 from experiments import config_flags
 from experiments import figures
-from rnn_jax import seeds
 from rnn_jax import train
+from rnn_jax.configs import ModelConfig
+from rnn_jax.corpus import seeds
 from rnn_jax.errors import UserError
-from rnn_jax.models import WordLSTM
+from rnn_jax.model.word_rnn import WordRNN
 
 flags.DEFINE_string('workdir', None, 'The trained run to read the text with.', required=True)
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of the run.')
@@ -47,7 +48,7 @@ def main(argv):
   masked = [not config.model.trainable_embeddings and not embedding[token].any()
             for token in seed.tokens]
   print(top_units_text(words, states, masked, FLAGS.top_units,
-                       f'lstm_{config.model.lstm_layers - 1}'))
+                       layer_name(config.model)))
   if seed.unknown:
     fate = f'read as {tokenizer.oov_token}' if tokenizer.oov_token else 'left out'
     print(f'(not in the vocabulary, {fate}: {", ".join(seed.unknown)})')
@@ -55,18 +56,21 @@ def main(argv):
     print(f'Wrote {draw_heatmap(new_figure, words, states, out)}')
 
 
-def hidden_states(model: WordLSTM, params, tokens: list[int]) -> np.ndarray:
-  """f32[len(tokens), lstm_units]: the last LSTM layer's h after each token, as the model runs."""
-  config = model.config
-  if config.bidirectional:
+def hidden_states(model: WordRNN, params, tokens: list[int]) -> np.ndarray:
+  """f32[len(tokens), rnn_units]: the last recurrent layer's h after each token, as the model
+  runs."""
+  if model.config.bidirectional:
     raise UserError('activations reads unidirectional runs: a bidirectional layer gives only its '
                     'final states')
-  last = f'lstm_{config.lstm_layers - 1}'
-  _, variables = model.apply({'params': params}, jnp.asarray([tokens], jnp.int32),
-                             deterministic=True, every_position=True,
-                             capture_intermediates=lambda module, _: module.name == last)
-  _, outputs = variables['intermediates'][last]['__call__'][0]
+  _, outputs = model.apply({'params': params}, jnp.asarray([tokens], jnp.int32),
+                           deterministic=True, every_position=True, method=WordRNN.encode)
   return np.asarray(outputs[:, 0])  # [time, batch = 1, units]: the model runs time first
+
+
+def layer_name(config: ModelConfig) -> str:
+  """The last recurrent layer, named for a reader: 'gru layer 2'."""
+  return f'{config.cell} layer {config.rnn_layers}'
+
 
 
 def top_units_text(words: list[str], states: np.ndarray, masked: list[bool], top: int,

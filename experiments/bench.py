@@ -1,14 +1,15 @@
 """Training speed in windows/s: rnn-jax beside plain Flax, Keras 3 and a matmul roofline.
 
-  python -m experiments.bench --flagfile=experiments/configs/seed_trainable.flags
+  python -m experiments.bench --flagfile=experiments/configs/seed_trainable.flags [--cell=gru]
 
 On random tokens of the config's shapes, after compilation, each figure times --steps batches
 with one sync at the end, the fastest of three passes: rnn-jax's train_step (as configured and
-without LSTM dropout) and eval_step, the input pipeline alone, the model written plainly with
-Flax linen, and Keras 3 on the JAX backend. The roofline is a step's matmuls alone, each at the
-rate its shape runs here now. --smoke: tiny shapes, no corpus, seconds. The last line is one
-JSON object. --mesh_shape splits the batches of rnn-jax's two train figures over that many
-devices (force CPU devices with JAX_NUM_CPU_DEVICES=N); the other figures use one device.
+without dropout in its recurrent layers) and eval_step, the input pipeline alone, the model
+written plainly with the same cell in Flax linen (`nn.RNN`), and the same cell's Keras 3 layer on
+the JAX backend; a cell with no counterpart in `REFERENCES` is refused. The roofline is a
+step's matmuls alone, each at the rate its shape runs here now. --smoke: tiny shapes, no corpus,
+seconds. The last line is one JSON object. --mesh_shape splits the batches of rnn-jax's two
+train figures over that many devices (force CPU devices with JAX_NUM_CPU_DEVICES=N); the other figures use one device.
 """
 
 import dataclasses
@@ -20,6 +21,7 @@ import os
 import resource
 import time
 import timeit
+from typing import Any, Callable, NamedTuple
 
 from absl import flags
 from absl import logging
@@ -31,12 +33,14 @@ import numpy as np
 import optax
 
 from experiments import config_flags
-from rnn_jax import data
-from rnn_jax import metrics
-from rnn_jax import models
-from rnn_jax import parallel
 from rnn_jax import train
 from rnn_jax.configs import Config, ModelConfig
+from rnn_jax.corpus import data
+from rnn_jax.errors import UserError
+from rnn_jax.model import cells
+from rnn_jax.model import layers
+from rnn_jax.training import metrics
+from rnn_jax.training import parallel
 
 config_flags.define_config_flags()
 config_flags.define_parallel_flags()
@@ -47,7 +51,7 @@ flags.DEFINE_bool('keras', True, 'Time Keras 3 on the JAX backend too, where it 
 FLAGS = flags.FLAGS
 
 SMOKE_VOCAB = 300
-SMOKE_SHAPES = dict(training_length=8, batch_size=32, embedding_dim=16, lstm_units=16,
+SMOKE_SHAPES = dict(training_length=8, batch_size=32, embedding_dim=16, rnn_units=16,
                     dense_units=32)
 MATMUL_LOOP_FLOPS = 1e9  # work per timed roofline loop, in 10 to 10,000 matmuls
 REPEATS = 3  # timed passes per figure; the fastest counts, as the machine may be shared
@@ -58,7 +62,9 @@ def main(argv):
   del argv
   mesh = config_flags.parallel_from_flags()
   logging.info('JAX %s on %s', jax.__version__, jax.devices())
-  config, vocab, windows = _setup(config_flags.config_from_flags())
+  config = config_flags.config_from_flags()
+  check_comparable(config)
+  config, vocab, windows = _setup(config)
   mesh.check_batch_size(config.train.batch_size, 'batch_size')
   batch, length = config.train.batch_size, config.data.training_length
   rng = np.random.default_rng(config.seed)
@@ -78,7 +84,8 @@ def main(argv):
               'eval_over_train': ratio(rates['rnn_jax_eval'], rates['rnn_jax_train']),
               'compile_seconds': round(compile_seconds, 2),
               'peak_rss_mb': round(peak_rss_mb, 1),
-              'steps': FLAGS.steps, 'batch_size': batch, 'training_length': length,
+              'cell': config.model.cell, 'steps': FLAGS.steps, 'batch_size': batch,
+              'training_length': length,
               'vocab_size': vocab, 'smoke': FLAGS.smoke, 'jax': jax.__version__,
               'device': str(jax.devices()[0]), 'mesh': dict(mesh.mesh.shape)}
   print(json.dumps(results))
@@ -164,23 +171,45 @@ def _input_pipeline(config: Config, windows: data.Windows) -> float:
   return FLAGS.steps * config.train.batch_size / timeit.timeit(lambda: list(batches), number=1)
 
 
-class PlainLSTM(nn.Module):
-  """The model as the Flax examples would write it: linen's LSTM cell, no LSTM dropout."""
+class Reference(NamedTuple):
+  """What rnn-jax's cell is timed against: the same cell in Flax linen and in Keras 3."""
+  flax_cell: Callable[[int], nn.RNNCellBase]
+  flax_h: Callable[[Any], jax.Array]  # the output h of the Flax cell's carry
+  keras_layer: str  # the keras.layers class
+
+
+REFERENCES = {
+    'lstm': Reference(nn.OptimizedLSTMCell, lambda carry: carry[1], 'LSTM'),  # carry (c, h)
+    'gru': Reference(nn.GRUCell, lambda carry: carry, 'GRU'),  # carry h
+}
+
+
+def check_comparable(config: Config):
+  if config.model.cell not in REFERENCES:
+    raise UserError(f'experiments.bench has no Flax or Keras counterpart of cell '
+                    f'{config.model.cell!r} to time it against: add one to REFERENCES '
+                    f'(it knows {", ".join(REFERENCES)})')
+
+
+class PlainRNN(nn.Module):
+  """The model as the Flax examples would write it: linen's cell in nn.RNN, no cell dropout."""
   config: ModelConfig
   vocab_size: int
 
   @nn.compact
   def __call__(self, tokens: jax.Array, *, deterministic: bool) -> jax.Array:
     cfg = self.config
-    rnn = lambda: nn.RNN(nn.OptimizedLSTMCell(cfg.lstm_units), return_carry=True)
+    reference = REFERENCES[cfg.cell]
+    rnn = lambda: nn.RNN(reference.flax_cell(cfg.rnn_units), return_carry=True)
     x = nn.Embed(self.vocab_size, cfg.embedding_dim)(tokens)
-    for _ in range(cfg.lstm_layers - 1):
+    for _ in range(cfg.rnn_layers - 1):
       _, x = rnn()(x)
     if cfg.bidirectional:
       (forward, backward), _ = nn.Bidirectional(rnn(), rnn(), return_carry=True)(x)
-      h = jnp.concatenate([forward[1], backward[1]], axis=-1)  # each carry is (c, h)
+      h = jnp.concatenate([reference.flax_h(forward), reference.flax_h(backward)], axis=-1)
     else:
-      (_, h), _ = rnn()(x)
+      carry, _ = rnn()(x)
+      h = reference.flax_h(carry)
     h = nn.relu(nn.Dense(cfg.dense_units)(h))
     h = nn.Dropout(cfg.dense_dropout)(h, deterministic=deterministic)
     return nn.Dense(self.vocab_size)(h)
@@ -200,7 +229,7 @@ def _flax_step(state: train_state.TrainState, batch: Batch, key: jax.Array):
 
 
 def _flax_state(config: Config, vocab: int) -> train_state.TrainState:
-  model = PlainLSTM(config.model, vocab)
+  model = PlainRNN(config.model, vocab)
   tokens = jnp.zeros((1, config.data.training_length), jnp.int32)
   params = model.init(jax.random.key(config.seed), tokens, deterministic=True)['params']
   # Keras' Adam epsilon, as rnn-jax uses; optax defaults to 1e-8.
@@ -216,13 +245,14 @@ def _keras_train(config: Config, vocab: int, batches: list[Batch]) -> float | No
   except ImportError:
     return None
   cfg = config.model
-  lstm = lambda **kwargs: keras.layers.LSTM(cfg.lstm_units, dropout=cfg.dropout,
-                                            recurrent_dropout=cfg.recurrent_dropout, **kwargs)
+  layer = getattr(keras.layers, REFERENCES[cfg.cell].keras_layer)
+  rnn = lambda **kwargs: layer(cfg.rnn_units, dropout=cfg.dropout,
+                               recurrent_dropout=cfg.recurrent_dropout, **kwargs)
   model = keras.Sequential(
       [keras.Input((config.data.training_length,), dtype='int32'),
        keras.layers.Embedding(vocab, cfg.embedding_dim)]
-      + [lstm(return_sequences=True) for _ in range(cfg.lstm_layers - 1)]
-      + [keras.layers.Bidirectional(lstm()) if cfg.bidirectional else lstm(),
+      + [rnn(return_sequences=True) for _ in range(cfg.rnn_layers - 1)]
+      + [keras.layers.Bidirectional(rnn()) if cfg.bidirectional else rnn(),
          keras.layers.Dense(cfg.dense_units, activation='relu'),
          keras.layers.Dropout(cfg.dense_dropout),
          keras.layers.Dense(vocab, activation='softmax')])
@@ -240,13 +270,14 @@ def _keras_train(config: Config, vocab: int, batches: list[Batch]) -> float | No
 def _matmuls(config: Config, vocab: int) -> list[tuple[str, int, tuple[int, int, int]]]:
   """(name, times per step, (m, k, n)) of every m x k by k x n matmul of a training step."""
   cfg, batch, length = config.model, config.train.batch_size, config.data.training_length
-  gates, widths = 4 * cfg.lstm_units, [cfg.embedding_dim] + [cfg.lstm_units] * cfg.lstm_layers
-  layers = [(f'lstm_{i}', widths[i]) for i in range(cfg.lstm_layers)]
-  layers += [(f'{layers[-1][0]}_reverse', layers[-1][1])] if cfg.bidirectional else []
-  forward = [product for name, width in layers for product in (
+  gates = cells.CELLS[cfg.cell](cfg.rnn_units).width
+  widths = [cfg.embedding_dim] + [cfg.rnn_units] * cfg.rnn_layers
+  names = [(f'{cfg.cell}_{i}', widths[i]) for i in range(cfg.rnn_layers)]
+  names += [(f'{names[-1][0]}_reverse', names[-1][1])] if cfg.bidirectional else []
+  forward = [product for name, width in names for product in (
       (f'{name} input', 1, (batch * length, width, gates)),
-      (f'{name} recurrent', length, (batch, cfg.lstm_units, gates)))]
-  forward += [('dense', 1, (batch, (1 + cfg.bidirectional) * cfg.lstm_units, cfg.dense_units)),
+      (f'{name} recurrent', length, (batch, cfg.rnn_units, gates)))]
+  forward += [('dense', 1, (batch, (1 + cfg.bidirectional) * cfg.rnn_units, cfg.dense_units)),
               ('logits', 1, (batch, cfg.dense_units, vocab))]
   # y = x @ w (m x k by k x n) costs dx = dy @ w.T and dw = x.T @ dy in the backward pass.
   return [product for name, count, (m, k, n) in forward for product in (
@@ -267,7 +298,7 @@ def _matmul_flops_per_s(m: int, k: int, n: int, dtype: str) -> float:
     # One element of the input takes the index, in place: XLA cannot hoist the matmul out of the
     # loop, and the loop reuses its buffers where a lone call would allocate its output.
     a = a.at[0, 0].set(i.astype(a.dtype))
-    return a, b, models.matmul(a, b, a.dtype)
+    return a, b, layers.matmul(a, b, a.dtype)
 
   loop = jax.jit(lambda a, b: jax.lax.fori_loop(0, iterations, body, (a, b, jnp.zeros((m, n)))))
   jax.block_until_ready(loop(a, b))

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import config_flags
-from rnn_jax import models
-from rnn_jax import sampling
 from rnn_jax import train
+from rnn_jax.generation import sampling
+from rnn_jax.model import word_rnn
 
 flags.DEFINE_string('workdir', None, 'The trained run whose model and shapes to time.',
                     required=True)
@@ -108,7 +108,7 @@ def _naive(model, params, prompt: np.ndarray) -> float:
 
 def _ceiling(params, batch: int) -> float:
   """--num_words output-layer matmuls in one compiled loop, as the generator runs them."""
-  kernel = models.output_kernel(params)
+  kernel = word_rnn.output_kernel(params)
   hidden = jnp.ones((batch, kernel.shape[0]), kernel.dtype)
 
   @jax.jit

@@ -11,11 +11,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from rnn_jax import allocator
-from rnn_jax import parallel
-from rnn_jax import preemption
-from rnn_jax.configs import Config
+from rnn_jax.configs import Config, RENAMED
 from rnn_jax.errors import UserError
+from rnn_jax.training import allocator
+from rnn_jax.training import parallel
+from rnn_jax.training import preemption
 
 CONFIGS = Path(__file__).parent / 'configs'  # the flagfiles that ship with the package
 TRAIN_ONLY = ('samples', 'sample_words', 'temperature')  # what training flagfiles may add
@@ -106,8 +106,9 @@ def run(main, *, generates: bool = False, ignores: tuple[str, ...] = ()):
   """app.run, with bad input reported on one line instead of a traceback.
 
   Tunes the host allocator first, before jax starts its threads, for training or, when the entry
-  point `generates` text, for generation (see `rnn_jax.allocator`). Flags named in `ignores` are
-  accepted and left alone (absl's --undefok): another entry point's flags in a shared flagfile.
+  point `generates` text, for generation (see `rnn_jax.training.allocator`). Flags named in
+  `ignores` are accepted and left alone (absl's --undefok): another entry point's flags in a
+  shared flagfile.
   """
   allocator.keep_freed_memory(one_arena=not generates)
   # jax probes for a TPU on every start and logs its absence: noise a user cannot act on.
@@ -136,6 +137,10 @@ def run(main, *, generates: bool = False, ignores: tuple[str, ...] = ()):
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with an unknown flag or a bad value reported on one line."""
+  for arg in argv[1:]:
+    name = re.match(r'--(\w+)', arg)
+    if name and name.group(1) in RENAMED:
+      _exit(f'--{name.group(1)} is now --{RENAMED[name.group(1)]}')
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

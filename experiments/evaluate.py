@@ -10,7 +10,7 @@ import json
 from absl import flags
 
 from experiments import config_flags
-from rnn_jax import evaluation
+from rnn_jax.evaluation import evaluate as evaluation
 
 flags.DEFINE_string('workdir', None, 'The trained run to score.', required=True)
 # Strings rather than enums, so that a bad value is reported like any other bad input.

@@ -14,8 +14,8 @@ import numpy as np
 
 from experiments import config_flags
 from experiments import figures
-from rnn_jax import embeddings
 from rnn_jax import train
+from rnn_jax.corpus import embeddings
 from rnn_jax.errors import UserError
 
 flags.DEFINE_string('workdir', None, 'The trained run whose embedding matrix to export.',

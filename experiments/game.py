@@ -10,10 +10,10 @@ import sys
 from absl import flags
 
 from experiments import config_flags
-from rnn_jax import data
-from rnn_jax import game
-from rnn_jax import sampling
 from rnn_jax import train
+from rnn_jax.corpus import data
+from rnn_jax.generation import sampling
+from rnn_jax.serve import game
 
 flags.DEFINE_string('workdir', None, 'The trained run that writes the machine continuations.',
                     required=True)

@@ -13,8 +13,8 @@ from absl import flags
 
 from experiments import config_flags
 from experiments import figures
-from rnn_jax import checkpoints
 from rnn_jax.errors import UserError
+from rnn_jax.training import checkpoints
 
 flags.DEFINE_string('workdir', None, 'The run whose metrics to draw.', required=True)
 flags.DEFINE_string('out', None, 'The PNG to write; by default metrics.png in the work dir.')

@@ -8,7 +8,7 @@ import json
 from absl import flags
 
 from experiments import config_flags
-from rnn_jax import data
+from rnn_jax.corpus import data
 
 config_flags.define_config_flags()
 flags.adopt_module_key_flags(config_flags)

@@ -13,11 +13,11 @@ import jax
 import numpy as np
 
 from experiments import config_flags
-from rnn_jax import data
-from rnn_jax import sampling
-from rnn_jax import seeds
 from rnn_jax import train
+from rnn_jax.corpus import data
+from rnn_jax.corpus import seeds
 from rnn_jax.errors import UserError
+from rnn_jax.generation import sampling
 
 flags.DEFINE_string('workdir', None, 'The trained run to sample from.', required=True)
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of the run.')
@@ -37,7 +37,8 @@ flags.DEFINE_integer('beam_width', 1, 'Above 1: beam search for the likeliest co
                      lower_bound=1)
 flags.DEFINE_enum('mode', 'window', sampling.MODES, "'window' re-reads the last training_length "
                   "words for every new one (the walkthrough's way); 'stateful' reads the seed "
-                  'once and carries the LSTM state: constant work per word, unbounded context.')
+                  'once and carries the recurrent state: constant work per word, unbounded '
+                  'context.')
 flags.DEFINE_integer('rng_seed', 0, 'Seeds the choice of passages and the draws.')
 flags.DEFINE_string('output', None, 'Also write one JSON object per sample to this file.')
 FLAGS = flags.FLAGS

@@ -11,9 +11,9 @@ import time
 from absl import flags
 
 from experiments import config_flags
-from rnn_jax import sampling
-from rnn_jax import serving
 from rnn_jax.errors import UserError
+from rnn_jax.generation import sampling
+from rnn_jax.serve import serving
 
 flags.DEFINE_string('workdir', None, 'The trained run to serve.', required=True)
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of the run.')
@@ -40,7 +40,7 @@ def main(argv):
   del argv
   try:  # the optional `serve` extra
     import uvicorn  # pylint: disable=import-outside-toplevel
-    from rnn_jax import web  # pylint: disable=import-outside-toplevel
+    from rnn_jax.serve import web  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise UserError(f"the server needs the serve extra (pip install -e '.[serve]'): {e}") from None
   limits = serving.Limits(batch_sizes=_integers('batch_sizes'),

@@ -1,4 +1,4 @@
-"""Trains a word-level LSTM language model.
+"""Trains a word-level recurrent language model (LSTM or GRU: --cell).
 
   python -m experiments.train --flagfile=experiments/configs/seed_trainable.flags --workdir=DIR
 """
@@ -9,11 +9,11 @@ import jax
 import numpy as np
 
 from experiments import config_flags
-from rnn_jax import data
-from rnn_jax import parallel
-from rnn_jax import sampling
-from rnn_jax import seeds
 from rnn_jax import train
+from rnn_jax.corpus import data
+from rnn_jax.corpus import seeds
+from rnn_jax.generation import sampling
+from rnn_jax.training import parallel
 
 config_flags.define_config_flags()
 config_flags.define_parallel_flags()

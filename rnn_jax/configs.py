@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rnn_jax.errors import UserError
+from rnn_jax.model import cells
 
 WALKTHROUGH_FILTERS = '!"%;[\\]^_`{|}~\t\n'  # case-kept, trainable-embedding runs
 GLOVE_FILTERS = '!"#$%&()*+/:<=>@[\\]^_`{|}~\t\n'  # lower-case, pre-trained runs
@@ -16,6 +17,8 @@ OBJECTIVES = ('last', 'every')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 # How long to train and how often to report or checkpoint may change when a run resumes;
 # everything else is the run's own.
+# Hyperparameters renamed since a work dir's config.json was written: old name -> new name.
+RENAMED = {'lstm_layers': 'rnn_layers', 'lstm_units': 'rnn_units'}
 RESUMABLE = ('max_epochs', 'patience', 'min_delta', 'log_every', 'checkpoint_every_steps')
 
 
@@ -66,20 +69,23 @@ class ModelConfig:
   embedding_dim: int = 100  # width of the word vectors
   trainable_embeddings: bool = True  # False freezes the embedding matrix (pre-trained vectors)
   pretrained_embeddings: str = ''  # GloVe or word2vec text file that initialises the embeddings
-  mask_zero: bool = False  # token 0 is padding: the LSTM state carries over it unchanged
-  lstm_layers: int = 1  # stacked LSTM layers
-  lstm_units: int = 64  # hidden units per LSTM layer and direction
-  bidirectional: bool = False  # run the last LSTM layer both ways and concatenate
-  dropout: float = 0.1  # LSTM input dropout, one mask per sequence (Keras)
-  recurrent_dropout: float = 0.1  # LSTM hidden-state dropout, one mask per sequence (Keras)
-  dense_units: int = 128  # width of the relu layer after the LSTM
+  mask_zero: bool = False  # token 0 is padding: the recurrent state carries over it unchanged
+  cell: str = 'lstm'  # the recurrent cell: a name in rnn_jax.model.cells.CELLS ('lstm', 'gru')
+  rnn_layers: int = 1  # stacked recurrent layers
+  rnn_units: int = 64  # hidden units per recurrent layer and direction
+  bidirectional: bool = False  # run the last recurrent layer both ways and concatenate
+  dropout: float = 0.1  # recurrent layers' input dropout, one mask per sequence (Keras)
+  recurrent_dropout: float = 0.1  # recurrent hidden-state dropout, one mask per sequence (Keras)
+  dense_units: int = 128  # width of the relu layer after the recurrent layers
   dense_dropout: float = 0.5  # dropout after the relu layer
   embedding_dropout: float = 0.0  # drop whole words: rows of the input embedding, per step
   compute_dtype: str = 'float32'  # 'bfloat16': big matmuls take bfloat16 inputs, sums stay float32
   tie_embeddings: bool = False  # the output layer reuses the embedding matrix (dense = embedding)
 
   def __post_init__(self):
-    for name in ('embedding_dim', 'lstm_layers', 'lstm_units', 'dense_units'):
+    _require(self.cell in cells.CELLS,
+             f'cell must be one of {tuple(cells.CELLS)}, got {self.cell!r}')
+    for name in ('embedding_dim', 'rnn_layers', 'rnn_units', 'dense_units'):
       _require(getattr(self, name) >= 1, f'{name} must be >= 1, got {getattr(self, name)}')
     for name in ('dropout', 'recurrent_dropout', 'dense_dropout', 'embedding_dropout'):
       _require(0 <= getattr(self, name) < 1,
@@ -146,8 +152,8 @@ class Config:
 
   @classmethod
   def from_flat(cls, values: dict[str, Any]) -> 'Config':
-    """The inverse of flat(); names it does not know are an error."""
-    values = dict(values)
+    """The inverse of flat(); names it does not know are an error, renamed ones are read."""
+    values = {RENAMED.get(name, name): value for name, value in values.items()}
     sections = {}
     for field in dataclasses.fields(cls):
       if dataclasses.is_dataclass(field.type):

@@ -16,16 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnn_jax import checkpoints
-from rnn_jax import data
-from rnn_jax import embeddings
-from rnn_jax import metrics
-from rnn_jax import preemption
-from rnn_jax import progress_line
 from rnn_jax.configs import Config, TrainConfig
+from rnn_jax.corpus import data
+from rnn_jax.corpus import embeddings
 from rnn_jax.errors import UserError
-from rnn_jax.models import WordLSTM
-from rnn_jax.parallel import Parallel
+from rnn_jax.model.word_rnn import WordRNN
+from rnn_jax.training import checkpoints
+from rnn_jax.training import metrics
+from rnn_jax.training import preemption
+from rnn_jax.training import progress_line
+from rnn_jax.training.parallel import Parallel
 
 KERAS_ADAM_EPSILON = 1e-7  # the walkthrough's Adam; optax defaults to 1e-8
 
@@ -48,7 +48,7 @@ def make_optimizer(config: TrainConfig, trainable_embeddings: bool) -> optax.Gra
 def create_train_state(config: Config, vocab_size: int,
                        embedding_matrix: np.ndarray | None = None) -> train_state.TrainState:
   """A fresh model and optimizer; `embedding_matrix` (float[vocab, dim]) replaces the random one."""
-  model = WordLSTM(config.model, vocab_size)
+  model = WordRNN(config.model, vocab_size)
   dummy = jnp.zeros((1, config.data.training_length), jnp.int32)
   params = model.init(jax.random.key(config.seed), dummy, deterministic=True)['params']
   if embedding_matrix is not None:
@@ -292,7 +292,7 @@ def _stop_if_asked(manager, stop: preemption.StopRequest, step: int):
     raise stop.stopped(manager.directory / str(step))
 
 
-def load(workdir: str | Path, which: str = 'best') -> tuple[Config, Any, WordLSTM, Any]:
+def load(workdir: str | Path, which: str = 'best') -> tuple[Config, Any, WordRNN, Any]:
   """Rebuilds (config, tokenizer, model, params) from a work dir alone; which: best|latest."""
   if which not in ('best', 'latest'):
     raise UserError(f"which checkpoint: 'best' or 'latest', not {which!r}")
@@ -307,4 +307,4 @@ def load(workdir: str | Path, which: str = 'best') -> tuple[Config, Any, WordLST
     state, _ = checkpoints.restore(manager, step, target)
   finally:
     manager.close()
-  return config, tokenizer, WordLSTM(config.model, tokenizer.vocab_size), state.params
+  return config, tokenizer, WordRNN(config.model, tokenizer.vocab_size), state.params

@@ -10,9 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from rnn_jax import checkpoints
 from rnn_jax import train
 from rnn_jax.configs import Config, DataConfig, ModelConfig, TrainConfig
+from rnn_jax.model import cells
+from rnn_jax.training import checkpoints
 
 CYCLE = 'alpha beta gamma delta epsilon zeta eta theta'.split()
 
@@ -43,10 +44,11 @@ def corpus(tmp_path_factory) -> Path:
   return path
 
 
-def tiny_config(corpus: Path, **train_fields) -> Config:
+def tiny_config(corpus: Path, cell: str = 'lstm', **train_fields) -> Config:
   return Config(
       data=DataConfig(data=str(corpus), training_length=4, min_extra_words=0),
-      model=ModelConfig(embedding_dim=8, lstm_units=8, dense_units=16, dense_dropout=0.1),
+      model=ModelConfig(embedding_dim=8, cell=cell, rnn_units=8, dense_units=16,
+                        dense_dropout=0.1),
       train=TrainConfig(**dict(batch_size=64, max_epochs=3, learning_rate=0.03) | train_fields))
 
 
@@ -55,6 +57,10 @@ def flags_of(config: Config) -> list[str]:
   defaults = Config().flat()
   return [f'--{name}={value}' for name, value in config.flat().items()
           if value != defaults[name]]
+
+
+def read_config(workdir: Path) -> dict:
+  return json.loads((workdir / checkpoints.CONFIG).read_text())
 
 
 def read_metrics(workdir: Path) -> list[dict]:
@@ -67,3 +73,11 @@ def trained(corpus, tmp_path_factory) -> tuple[Path, dict]:
   return workdir, train.train_and_evaluate(tiny_config(corpus), workdir)
 
 
+@pytest.fixture(scope='session', params=sorted(cells.CELLS))
+def trained_cell(request, trained, corpus, tmp_path_factory) -> tuple[Path, dict]:
+  """`trained` for every registered cell: the tests of what users run with a trained model
+  (sampling, serving, the cache, inspection) take this one."""
+  if request.param == tiny_config(corpus).model.cell:
+    return trained
+  workdir = tmp_path_factory.mktemp(f'run_{request.param}')
+  return workdir, train.train_and_evaluate(tiny_config(corpus, request.param), workdir)

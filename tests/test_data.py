@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from rnn_jax import data
 from rnn_jax.configs import Config, DataConfig
+from rnn_jax.corpus import data
 from rnn_jax.errors import UserError
 
 REPO = Path(__file__).parents[1]

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import embeddings
-from rnn_jax import models
-from rnn_jax import text
 from rnn_jax import train
 from rnn_jax.configs import Config, DataConfig, ModelConfig, TrainConfig
+from rnn_jax.corpus import embeddings
+from rnn_jax.corpus import text
 from rnn_jax.errors import UserError
+from rnn_jax.model.word_rnn import WordRNN
 
 from conftest import CYCLE, read_metrics, tiny_config
 
@@ -190,13 +190,13 @@ def test_projector_files_are_tab_separated_with_a_header_only_for_metadata(tmp_p
   assert paths[1].read_text() == 'word\tcount\ncat\t12\nodd\\tword\t3\n'
 
 
-MODEL = ModelConfig(embedding_dim=4, lstm_units=5, dense_units=6, trainable_embeddings=False)
+MODEL = ModelConfig(embedding_dim=4, rnn_units=5, dense_units=6, trainable_embeddings=False)
 WITHOUT_VECTOR = 3
 
 
 def frozen_params(config: ModelConfig = MODEL):
-  """WordLSTM parameters whose embedding row WITHOUT_VECTOR (and 0) is zeros."""
-  params = models.WordLSTM(config, 8).init(jax.random.key(0), jnp.ones((1, 4), jnp.int32),
+  """WordRNN parameters whose embedding row WITHOUT_VECTOR (and 0) is zeros."""
+  params = WordRNN(config, 8).init(jax.random.key(0), jnp.ones((1, 4), jnp.int32),
                                            deterministic=True)['params']
   embedding = params['embed']['embedding'].at[jnp.array([0, WITHOUT_VECTOR])].set(0.0)
   return params | {'embed': {'embedding': embedding}}
@@ -208,20 +208,20 @@ def test_a_zero_vector_word_leaves_the_frozen_models_state_unchanged(mask_zero):
   params = frozen_params(config)
   tokens = np.array([[1, 2, 4, 5]])
   inserted = np.array([[1, 2, WITHOUT_VECTOR, 4, WITHOUT_VECTOR, 5]])
-  apply = lambda config, t: models.WordLSTM(config, 8).apply({'params': params}, t,
-                                                             deterministic=True)
+  apply = lambda config, t: WordRNN(config, 8).apply({'params': params}, t, deterministic=True)
   np.testing.assert_allclose(apply(config, inserted), apply(config, tokens), atol=1e-6)
   # Trainable embeddings have no mask: the zero vector is read like any other.
   trainable = dataclasses.replace(config, trainable_embeddings=True)
   assert np.abs(apply(trainable, inserted) - apply(trainable, tokens)).max() > 1e-4
   # The one-token-at-a-time decoder masks the same words.
-  stacks = []
+  logits = []
   for sequence in (tokens[0], inserted[0]):
-    stack = models.initial_stack(config)
+    state = None
     for token in sequence:
-      stack = models.advance(params, config, stack, jnp.int32(token))
-    stacks.append(stack[-1][1])
-  np.testing.assert_allclose(stacks[1], stacks[0], atol=1e-6)
+      state = WordRNN(config, 8).apply({'params': params}, jnp.int32([[token]]), state,
+                                       method=WordRNN.read)
+    logits.append(WordRNN(config, 8).apply({'params': params}, state, method=WordRNN.predict))
+  np.testing.assert_allclose(logits[1], logits[0], atol=1e-6)
 
 
 def test_frozen_pretrained_embeddings_stay_bit_identical_through_training(tmp_path):
@@ -233,7 +233,7 @@ def test_frozen_pretrained_embeddings_stay_bit_identical_through_training(tmp_pa
   step = jax.jit(train.train_step)
   for trainable in (False, True):
     config = Config(data=DataConfig(training_length=4), train=TrainConfig(learning_rate=0.01),
-                    model=ModelConfig(embedding_dim=3, lstm_units=4, dense_units=5,
+                    model=ModelConfig(embedding_dim=3, rnn_units=4, dense_units=5,
                                       trainable_embeddings=trainable))
     state = train.create_train_state(config, fitted.vocab_size, matrix)
     before = jax.tree.map(np.array, state.params)

@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from rnn_jax import checkpoints
-from rnn_jax import data
-from rnn_jax import evaluation
-from rnn_jax import ngram
 from rnn_jax import train
 from rnn_jax.configs import Config, DataConfig
+from rnn_jax.corpus import data
 from rnn_jax.errors import UserError
+from rnn_jax.evaluation import evaluate as evaluation
+from rnn_jax.model import ngram
+from rnn_jax.training import checkpoints
 
 from conftest import tiny_config
 

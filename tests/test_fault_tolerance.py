@@ -19,12 +19,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from rnn_jax import checkpoints
-from rnn_jax import data
-from rnn_jax import preemption
 from rnn_jax import train
 from rnn_jax.configs import TrainConfig
+from rnn_jax.corpus import data
 from rnn_jax.errors import UserError
+from rnn_jax.training import checkpoints
+from rnn_jax.training import preemption
 
 from conftest import flags_of, read_metrics, tiny_config
 
@@ -249,7 +249,7 @@ def test_bad_data_is_refused_before_anything_is_written(tmp_path, name, content,
 
 def test_a_flagfile_with_an_unknown_flag_gets_one_line_and_writes_nothing(corpus, tmp_path):
   flagfile = tmp_path / 'bad.flags'
-  flagfile.write_text('--lstm_units=4\n--no_such_flag=3\n')
+  flagfile.write_text('--rnn_units=4\n--no_such_flag=3\n')
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.train', f'--workdir={tmp_path / "run"}',
        f'--data={corpus}', f'--flagfile={flagfile}'],

@@ -15,16 +15,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_an_include_is_found_next_to_the_file_that_names_it(tmp_path, monkeypatch):
   (tmp_path / 'sub').mkdir()
-  (tmp_path / 'sub' / 'base.flags').write_text('# the base\n--lstm_units=7\n--split=windows\n')
-  (tmp_path / 'sub' / 'top.flags').write_text('--flagfile=base.flags\n\n--lstm_units=9\n')
+  (tmp_path / 'sub' / 'base.flags').write_text('# the base\n--rnn_units=7\n--split=windows\n')
+  (tmp_path / 'sub' / 'top.flags').write_text('--flagfile=base.flags\n\n--rnn_units=9\n')
   monkeypatch.chdir(tmp_path)
   assert config_flags.expand_flagfiles(['prog', '--flagfile=sub/top.flags', '--seed=3']) == [
-      'prog', '--lstm_units=7', '--split=windows', '--lstm_units=9', '--seed=3']
+      'prog', '--rnn_units=7', '--split=windows', '--rnn_units=9', '--seed=3']
 
 
 def test_shipped_flagfiles_are_found_by_name_and_missing_ones_are_named(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  assert '--lstm_layers=2' in config_flags.expand_flagfiles(['--flagfile=seed_2_layers.flags'])
+  assert '--rnn_layers=2' in config_flags.expand_flagfiles(['--flagfile=seed_2_layers.flags'])
   with pytest.raises(UserError, match='flagfile not found: nope.flags'):
     config_flags.expand_flagfiles(['--flagfile=nope.flags'])
 
@@ -59,3 +59,13 @@ def test_prepare_reads_a_training_flagfile_with_flags_only_training_knows(tmp_pa
   assert '--samples' in (REPO / 'experiments/configs/quickstart.flags').read_text()
   assert result.returncode == 0, result.stderr
   assert '"num_texts": 20' in result.stdout
+
+
+def test_a_renamed_flag_names_its_new_name_on_one_line(tmp_path):
+  (tmp_path / 'old.flags').write_text('--lstm_units=32\n')
+  result = subprocess.run([sys.executable, '-m', 'experiments.train', f'--workdir={tmp_path}',
+                           f'--flagfile={tmp_path / "old.flags"}'], cwd=REPO,
+                          capture_output=True, text=True)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == ['error: --lstm_units is now --rnn_units']
+  assert list(tmp_path.iterdir()) == [tmp_path / 'old.flags']  # nothing written

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from rnn_jax import data
-from rnn_jax import game
-from rnn_jax import seeds
 from rnn_jax import train
+from rnn_jax.corpus import data
+from rnn_jax.corpus import seeds
+from rnn_jax.serve import game
 
 
 def scripted(rounds, answers: list[str]) -> tuple[int, str]:
@@ -40,8 +40,8 @@ def test_end_of_input_ends_the_game_with_the_score():
   assert said.endswith('Final score: 1 of 1 round.\n')
 
 
-def test_rounds_show_the_real_continuation_beside_two_generated_ones(trained):
-  workdir, _ = trained
+def test_rounds_show_the_real_continuation_beside_two_generated_ones(trained_cell):
+  workdir, _ = trained_cell
   config, tokenizer, model, params = train.load(workdir)
   texts = data.prepare(config).valid_texts
   rounds = game.make_rounds(model, params, tokenizer, texts, config.data.training_length,

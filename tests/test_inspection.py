@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from rnn_jax import checkpoints
-from rnn_jax.text import Tokenizer
+from rnn_jax.corpus.text import Tokenizer
+from rnn_jax.training import checkpoints
 
 from conftest import CYCLE
 
@@ -46,7 +46,7 @@ def pretrained(corpus, vectors, tmp_path_factory) -> Path:
   workdir = tmp_path_factory.mktemp('pretrained')
   result = run('train', '--flagfile=experiments/configs/seed_pretrained.flags', f'--data={corpus}',
                f'--pretrained_embeddings={vectors[0]}', f'--embedding_dim={DIM}',
-               '--lstm_units=8', '--dense_units=16', '--training_length=4', '--min_extra_words=0',
+               '--rnn_units=8', '--dense_units=16', '--training_length=4', '--min_extra_words=0',
                '--batch_size=64', '--max_epochs=1', '--learning_rate=0.03', f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr
   assert 'Pre-trained embeddings: 7 of 8 words have a vector' in result.stderr
@@ -105,7 +105,8 @@ def test_activations_shows_each_words_top_units_and_a_heat_map(pretrained, tmp_p
                '--top_units=3', f'--out={out}')
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
-  assert lines[0] == 'The 3 most active of the 8 units of lstm_0 (largest |h|) after each word:'
+  assert lines[0] == ('The 3 most active of the 8 units of lstm layer 1 (largest |h|) after '
+                      'each word:')
   rows = {line.split()[0]: line.split()[1:] for line in lines[1:5]}
   assert list(rows) == ['alpha', 'beta', 'eta', 'gamma']
   assert all(len(row) == 6 for word, row in rows.items() if word != 'eta')

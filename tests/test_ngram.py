@@ -1,4 +1,4 @@
-"""Tests for rnn_jax.ngram: Kneser-Ney against hand computations and a plain-Python reference."""
+"""Tests for rnn_jax.model.ngram: Kneser-Ney against hand counts and a plain-Python reference."""
 
 from collections import Counter
 import itertools
@@ -6,8 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from rnn_jax import ngram
 from rnn_jax.errors import UserError
+from rnn_jax.model import ngram
 
 D = 0.75
 # Word ids 1..5 (5 never occurs); id 0 pads the contexts.

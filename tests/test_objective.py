@@ -9,14 +9,15 @@ import optax
 import pytest
 
 from conftest import tiny_config
-from rnn_jax import data
-from rnn_jax import models
 from rnn_jax import train
 from rnn_jax.configs import Config, DataConfig, ModelConfig, TrainConfig
+from rnn_jax.corpus import data
 from rnn_jax.errors import UserError
+from rnn_jax.model import word_rnn
+from rnn_jax.model.word_rnn import WordRNN
 
 VOCAB = 13
-SMALL = ModelConfig(embedding_dim=6, lstm_units=5, dense_units=6, lstm_layers=2)
+SMALL = ModelConfig(embedding_dim=6, rnn_units=5, dense_units=6, rnn_layers=2)
 
 
 def test_pieces_label_every_word_but_the_first_of_each_text_once():
@@ -39,7 +40,7 @@ def test_padded_positions_and_padded_rows_weigh_nothing():
 @pytest.mark.parametrize('tie', [False, True])
 def test_every_position_logits_equal_the_model_run_on_each_prefix(tie):
   config = dataclasses.replace(SMALL, tie_embeddings=tie)
-  model = models.WordLSTM(config, VOCAB)
+  model = WordRNN(config, VOCAB)
   tokens = np.random.default_rng(0).integers(1, VOCAB, (3, 6)).astype(np.int32)
   params = model.init(jax.random.key(0), tokens, deterministic=True)
   every = model.apply(params, tokens, deterministic=True, every_position=True)
@@ -69,13 +70,14 @@ def test_the_every_position_loss_sums_each_labelled_position_scored_on_its_prefi
 
 def test_tied_logits_use_the_embedding_matrix():
   config = dataclasses.replace(SMALL, tie_embeddings=True)
-  model = models.WordLSTM(config, VOCAB)
+  model = WordRNN(config, VOCAB)
   params = model.init(jax.random.key(0), np.ones((1, 3), np.int32), deterministic=True)['params']
   assert set(params['logits']) == {'bias'}
-  np.testing.assert_array_equal(models.output_kernel(params), params['embed']['embedding'].T)
-  h = jnp.ones((2, config.lstm_units))
+  np.testing.assert_array_equal(word_rnn.output_kernel(params), params['embed']['embedding'].T)
+  h = jnp.ones((2, config.rnn_units))
   hidden = jax.nn.relu(h @ params['dense']['kernel'] + params['dense']['bias'])
-  np.testing.assert_allclose(models.readout(params, h),
+  np.testing.assert_allclose(model.apply({'params': params}, h, deterministic=True,
+                                         method=WordRNN.head),
                              hidden @ params['embed']['embedding'].T + params['logits']['bias'],
                              rtol=1e-5)
 
@@ -108,7 +110,7 @@ def test_every_position_training_learns_the_cycle(corpus, tmp_path):
 def test_embedding_dropout_drops_whole_words():
   config = dataclasses.replace(SMALL, dropout=0, recurrent_dropout=0, dense_dropout=0,
                                embedding_dropout=0.5)
-  model = models.WordLSTM(config, 200)
+  model = WordRNN(config, 200)
   tokens = np.tile(np.arange(1, 200, dtype=np.int32), (2, 1))  # every word, twice
   params = model.init(jax.random.key(0), tokens, deterministic=True)
 
@@ -124,7 +126,7 @@ def test_embedding_dropout_drops_whole_words():
   deterministic = model.apply(params, tokens, deterministic=True)
   unregularised = dataclasses.replace(config, embedding_dropout=0)
   np.testing.assert_array_equal(
-      deterministic, models.WordLSTM(unregularised, 200).apply(params, tokens, deterministic=True))
+      deterministic, WordRNN(unregularised, 200).apply(params, tokens, deterministic=True))
 
 
 def test_weight_decay_shrinks_weights_without_gradient():

@@ -19,11 +19,11 @@ import jax
 import numpy as np
 import pytest
 
-from rnn_jax import checkpoints
-from rnn_jax import parallel
-from rnn_jax import sampling
 from rnn_jax import train
 from rnn_jax.errors import UserError
+from rnn_jax.generation import sampling
+from rnn_jax.training import checkpoints
+from rnn_jax.training import parallel
 
 from conftest import flags_of, read_metrics, tiny_config
 
@@ -37,10 +37,11 @@ FOUR_DEVICES = '''
 import json, sys
 import jax
 import numpy as np
-from rnn_jax import sampling, train
+from rnn_jax import train
 from rnn_jax.configs import Config
 from rnn_jax.errors import UserError
-from rnn_jax.parallel import Parallel
+from rnn_jax.generation import sampling
+from rnn_jax.training.parallel import Parallel
 config, out = Config.from_json(sys.argv[1]), sys.argv[2]
 smaller = Config.from_flat(config.flat() | {'num_words': 8})
 train.train_and_evaluate(config, out + '/data4')

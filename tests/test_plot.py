@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from experiments import plot
-from rnn_jax import checkpoints
 from rnn_jax.errors import UserError
+from rnn_jax.training import checkpoints
 
 REPO = Path(__file__).parents[1]
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'

@@ -6,9 +6,9 @@ from pathlib import Path
 from hypothesis import event, given, settings, strategies as st
 import numpy as np
 
-from rnn_jax import data
-from rnn_jax import text
 from rnn_jax.configs import Config, DataConfig
+from rnn_jax.corpus import data
+from rnn_jax.corpus import text
 from rnn_jax.errors import UserError
 
 FAST = settings(max_examples=60, deadline=None)

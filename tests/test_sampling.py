@@ -1,4 +1,5 @@
-"""Tests for rnn_jax.sampling: generation against step-by-step references, draws against softmax.
+"""Tests for rnn_jax.generation.sampling: generation against step-by-step references, draws
+against softmax.
 
 Compiling dominates the run time: the models are built once, every generate call that can share
 a compiled program does (same model, seed shape, num_words and Decoding; temperature and params
@@ -12,18 +13,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import models
-from rnn_jax import sampling
 from rnn_jax import train
 from rnn_jax.configs import ModelConfig
 from rnn_jax.errors import UserError
-from rnn_jax.models import WordLSTM
+from rnn_jax.generation import sampling
+from rnn_jax.model import cells
+from rnn_jax.model.word_rnn import WordRNN
 
 from conftest import CYCLE
 
 VOCAB = 40
 NUM_WORDS = 6
-# Row 1 is left-padded; stateful mode skips its padding (window mode reads it as a token).
+# Row 1 is left-padded; both modes skip its padding.
 SEEDS = np.array([[3, 17, 5, 29, 11], [0, 0, 8, 21, 2], [39, 1, 14, 6, 33]], np.int32)
 # Three lengths for stateful decoding: 5, 3 and 2 words.
 RAGGED_SEEDS = np.array([[3, 17, 5, 29, 11], [0, 0, 8, 21, 2], [0, 0, 0, 14, 6]], np.int32)
@@ -31,13 +32,13 @@ WINDOW = sampling.Decoding()
 STATEFUL = sampling.Decoding(mode='stateful')
 
 
-def small_model(**overrides) -> WordLSTM:
-  config = ModelConfig(embedding_dim=8, lstm_units=8, dense_units=16, **overrides)
-  return WordLSTM(config, VOCAB)
+def small_model(**overrides) -> WordRNN:
+  config = ModelConfig(embedding_dim=8, rnn_units=8, dense_units=16, **overrides)
+  return WordRNN(config, VOCAB)
 
 
 SMALL = small_model()
-STACKED = small_model(lstm_layers=2)
+CELL_NAMES = sorted(cells.CELLS)
 
 
 @functools.partial(jax.jit, static_argnames='model')
@@ -60,7 +61,7 @@ def softmax(scores):
 
 
 def window_reference(model, params, seeds, num_words, tokens=None):
-  """A loop that re-reads the last window every step.
+  """A loop that re-reads the last window every step, without its left padding.
 
   Returns (ids, log_probs): the greedy id at each step (id 0 excluded) and the model's
   log-probability of the token fed back in: the greedy one, or given `tokens`, tokens[:, t]
@@ -68,7 +69,8 @@ def window_reference(model, params, seeds, num_words, tokens=None):
   """
   window, ids, log_probs = np.asarray(seeds), [], []
   for t in range(num_words):
-    step = word_log_probs(model_logits(model, params, window))
+    unpadded = [np.trim_zeros(row, 'f')[None] for row in window]
+    step = word_log_probs(np.concatenate([model_logits(model, params, row) for row in unpadded]))
     ids.append(np.argmax(step, -1))
     token = ids[-1] if tokens is None else np.asarray(tokens)[:, t]
     log_probs.append(step[np.arange(len(token)), token])
@@ -94,11 +96,6 @@ def small_params():
 
 
 @pytest.fixture(scope='module')
-def stacked_params():
-  return STACKED.init(jax.random.key(1), SEEDS, deterministic=True)['params']
-
-
-@pytest.fixture(scope='module')
 def sharp_params(small_params):
   """The small model with its output kernel scaled up: large gaps between the logits."""
   logits = small_params['logits']
@@ -113,23 +110,29 @@ def test_window_greedy_equals_step_by_step_loop(small_params):
   assert generated.tokens.dtype == jnp.int32
 
 
-def test_stateful_greedy_equals_feeding_the_whole_history(stacked_params):
-  generated = sampling.generate(STACKED, stacked_params, RAGGED_SEEDS, jax.random.key(0),
-                                NUM_WORDS, 0.0, STATEFUL)
+@pytest.mark.parametrize('cell', CELL_NAMES)
+def test_stateful_greedy_equals_feeding_the_whole_history(cell):
+  model = small_model(cell=cell, rnn_layers=2)
+  params = model.init(jax.random.key(1), SEEDS, deterministic=True)['params']
+  generated = sampling.generate(model, params, RAGGED_SEEDS, jax.random.key(0), NUM_WORDS, 0.0,
+                                STATEFUL)
   np.testing.assert_array_equal(generated.tokens,
-                                history_reference(STACKED, stacked_params, RAGGED_SEEDS,
-                                                  NUM_WORDS))
+                                history_reference(model, params, RAGGED_SEEDS, NUM_WORDS))
 
 
-def test_advance_and_readout_match_apply(stacked_params):
-  stack = models.initial_stack(STACKED.config, (len(RAGGED_SEEDS),))
-  assert len(stack) == 2 and stack[0][0].shape == (3, 8)
-  for column in RAGGED_SEEDS.T:  # the padding leaves the state as it was
-    stack = models.advance(stacked_params, STACKED.config, stack, jnp.asarray(column))
-  logits = models.readout(stacked_params, stack[-1][1])
-  for row, seed in zip(logits, RAGGED_SEEDS):
-    expected = model_logits(STACKED, stacked_params, np.trim_zeros(seed, 'f')[None])[0]
-    np.testing.assert_allclose(row, expected, atol=1e-5)
+@pytest.mark.parametrize('cell', CELL_NAMES)
+@pytest.mark.parametrize('fields', [{}, {'top_k': 5, 'top_p': 0.8}, {'beam_width': 3}])
+def test_window_and_stateful_modes_agree_while_the_seed_fits_the_window(cell, fields):
+  """Short seeds, left-padded to the window: the same tokens under the same keys, drawn at
+  temperature 1, until the context outgrows the window."""
+  model = small_model(cell=cell)
+  params = model.init(jax.random.key(2), SEEDS, deterministic=True)['params']
+  seeds = np.pad(RAGGED_SEEDS[:, 2:], ((0, 0), (5, 0)))  # windows of 8; seeds of 3, 3 and 2
+  run = lambda mode, **more: sampling.generate(
+      model, params, seeds, jax.random.key(3), 5, 1.0, sampling.Decoding(mode, **fields, **more))
+  window, stateful = run('window'), run('stateful')
+  np.testing.assert_array_equal(window.tokens, stateful.tokens)
+  np.testing.assert_allclose(window.log_probs, stateful.log_probs, atol=1e-5)
 
 
 def beam_of_one(model, params, seeds, mode):
@@ -159,7 +162,7 @@ def test_limits_of_the_draw_are_greedy(sharp_params, mode):
 A, B, C, D = 1, 2, 3, 4
 OTHERS = [5, 6, 7, 8]
 BIGRAM_VOCAB = 9
-BIGRAM = WordLSTM(ModelConfig(embedding_dim=BIGRAM_VOCAB, lstm_units=BIGRAM_VOCAB,
+BIGRAM = WordRNN(ModelConfig(embedding_dim=BIGRAM_VOCAB, rnn_units=BIGRAM_VOCAB,
                               dense_units=BIGRAM_VOCAB), BIGRAM_VOCAB)
 IMPOSSIBLE = -30.0  # the log-probability of a transition the table rules out
 
@@ -181,6 +184,7 @@ def bigram_table() -> np.ndarray:
 
 def bigram_params(table: np.ndarray):
   """One-hot all the way: the LSTM forgets everything but the token it just read."""
+  assert BIGRAM.config.cell == 'lstm'  # the parameters below are an LSTM's
   v = len(table)
   eye = np.eye(v, dtype=np.float32)
   kernel = np.zeros((v, 4 * v), np.float32)
@@ -381,8 +385,8 @@ def test_bad_key_shape_raises(small_params):
 # The model saw windows of 4 words read from a zero state: stateful decoding keeps to the cycle
 # while the context stays near that length, and wanders once it has grown well beyond it.
 @pytest.mark.parametrize('decoding,num_words', [(WINDOW, 6), (STATEFUL, 2)], ids=sampling.MODES)
-def test_a_trained_model_continues_the_cycle(trained, decoding, num_words):
-  workdir, _ = trained
+def test_a_trained_model_continues_the_cycle(trained_cell, decoding, num_words):
+  workdir, _ = trained_cell
   _, tokenizer, model, params = train.load(workdir)
   prompt = tokenizer.texts_to_sequences([' '.join(CYCLE[2:6])])
   generated = sampling.generate(model, params, np.asarray(prompt), jax.random.key(0), num_words,

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import CYCLE
+from conftest import read_config
 
 REPO = Path(__file__).parents[1]
 
@@ -17,8 +18,8 @@ def run(module: str, *args: str, stdin: str = '') -> subprocess.CompletedProcess
                         input=stdin, capture_output=True, text=True)
 
 
-def test_sample_continues_seed_texts_and_writes_jsonl(trained, tmp_path):
-  workdir, _ = trained
+def test_sample_continues_seed_texts_and_writes_jsonl(trained_cell, tmp_path):
+  workdir, _ = trained_cell
   output = tmp_path / 'samples.jsonl'
   result = run('sample', f'--workdir={workdir}', '--seed_text=alpha beta gamma delta',
                '--seed_text=delta epsilon zeta UNKNOWN eta', '--num_samples=2', '--num_words=6',
@@ -68,6 +69,35 @@ def test_sample_reports_bad_input_on_one_line(trained, args, message):
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith(f'error: {message}')
   assert 'Traceback' not in result.stderr
+
+
+def test_window_and_stateful_sampling_agree_for_a_seed_shorter_than_the_window(trained_cell,
+                                                                               tmp_path):
+  """Window mode (the default) skips the left padding of a 1-word seed: while the window of 4
+  holds the context, its words and their log-probabilities are stateful mode's, same keys."""
+  workdir, _ = trained_cell
+  records = []
+  for mode in ('window', 'stateful'):
+    output = tmp_path / f'{mode}.jsonl'
+    result = run('sample', f'--workdir={workdir}', '--seed_text=gamma', '--num_words=4',
+                 '--num_samples=4', '--temperature=2', '--rng_seed=3', f'--mode={mode}',
+                 f'--output={output}')
+    assert result.returncode == 0, result.stderr
+    records.append([json.loads(line) for line in output.read_text().splitlines()])
+  assert len(records[0]) == 4
+  for window, stateful in zip(*records):
+    assert window['generated'] == stateful['generated']
+    assert window['mean_logprob'] == pytest.approx(stateful['mean_logprob'], abs=1e-6)
+
+
+def test_activations_names_the_cell_and_its_units(trained_cell):
+  workdir, _ = trained_cell
+  cell = read_config(workdir)['cell']
+  result = run('activations', f'--workdir={workdir}', '--text=alpha beta gamma', '--noheatmap',
+               '--top_units=2')
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines()[0] == (
+      f'The 2 most active of the 8 units of {cell} layer 1 (largest |h|) after each word:')
 
 
 def test_game_plays_through_stdin(trained):

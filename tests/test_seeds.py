@@ -1,12 +1,12 @@
-"""Tests for rnn_jax.seeds: the user's text, random corpus passages, padding and display."""
+"""Tests for rnn_jax.corpus.seeds: the user's text, random corpus passages, padding and display."""
 
 import numpy as np
 import pytest
 
-from rnn_jax import seeds
 from rnn_jax.configs import WALKTHROUGH_FILTERS
+from rnn_jax.corpus import seeds
+from rnn_jax.corpus.text import Tokenizer
 from rnn_jax.errors import UserError
-from rnn_jax.text import Tokenizer
 
 TEXTS = ['the cat sat on the mat .', 'the dog sat , the cat ran .', 'a dog ran on the mat .']
 

@@ -10,18 +10,19 @@ import pytest
 from starlette.testclient import TestClient
 
 from conftest import CYCLE
-from rnn_jax import batching
-from rnn_jax import serving
-from rnn_jax import web
+from conftest import read_config
 from rnn_jax.errors import UserError
+from rnn_jax.serve import batching
+from rnn_jax.serve import serving
+from rnn_jax.serve import web
 
 LIMITS = serving.Limits(batch_sizes=(1, 4), word_buckets=(8, 16), max_samples=4,
                         max_seed_chars=200, top_k_choices=(0, 3), top_p_choices=(1.0, 0.9))
 
 
 @pytest.fixture(scope='module')
-def service(trained):
-  workdir, _ = trained
+def service(trained_cell):
+  workdir, _ = trained_cell
   served = serving.Service(workdir, limits=LIMITS, wait_s=0.02)
   assert served.warm_up() == 4
   return served
@@ -114,10 +115,11 @@ def test_settings_out_of_bounds_are_named(fields, message):
     serving.Settings.parse(fields, LIMITS)
 
 
-def test_health_names_the_model_vocabulary_and_checkpoint(client, trained):
-  workdir, _ = trained
+def test_health_names_the_model_vocabulary_and_checkpoint(client, trained_cell):
+  workdir, _ = trained_cell
   health = client.get('/api/health').json()
-  assert health['status'] == 'ok' and health['model'] == 'WordLSTM'
+  assert health['status'] == 'ok' and health['model'] == 'WordRNN'
+  assert health['cell'] == health['model_config']['cell'] == read_config(workdir)['cell']
   assert health['vocab_size'] == len(CYCLE) + 1
   assert health['checkpoint'] == 'best'
   assert str(health['checkpoint_step']) in {p.name for p in (workdir / 'checkpoints').iterdir()}
@@ -215,6 +217,24 @@ def test_the_generate_page_shows_continuations_and_unknown_words(client):
   assert 'Not in the vocabulary, left out: MISSING' in page.text
   assert '>alpha beta MISSING gamma delta</textarea>' in page.text  # the form keeps the text
   assert "script-src" not in page.headers['content-security-policy']  # no script at all
+
+
+def test_window_mode_equals_stateful_mode_for_a_seed_shorter_than_the_window(client,
+                                                                            trained_cell):
+  """The page and the API in window mode (the default) against a stateful server: the window
+  of 4 holds a 1-word seed and its first 3 words, so the first 4 words drawn agree, and so do
+  their log-probabilities (the tiny model is sure of its words: reading the padding changes
+  those, not the words)."""
+  workdir, _ = trained_cell
+  request = {'seed_text': 'gamma', 'num_words': 4, 'temperature': 2.0, 'num_samples': 4,
+             'rng_seed': 7}
+  with TestClient(web.app(serving.Service(workdir, mode='stateful', limits=LIMITS,
+                                          wait_s=0.02))) as stateful:
+    answers = [c.post('/api/generate', json=request).json() for c in (client, stateful)]
+    pages = [c.get('/', params=request).text for c in (client, stateful)]
+  assert answers[0]['samples'] == answers[1]['samples']
+  generated = [re.findall(r'<span class="generated">([^<]*)</span>', page) for page in pages]
+  assert generated[0] == generated[1] == [s['generated'] for s in answers[0]['samples']]
 
 
 def test_the_generate_page_names_bad_input_and_keeps_the_form(client):

@@ -1,4 +1,4 @@
-"""Tests for rnn_jax.text: hand-worked cases and corpus reference figures."""
+"""Tests for rnn_jax.corpus.text: hand-worked cases and corpus reference figures."""
 
 import csv
 import os
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rnn_jax.text import Tokenizer, format_patent, remove_spaces
+from rnn_jax.corpus.text import Tokenizer, format_patent, remove_spaces
 
 WALKTHROUGH_FILTERS = '!"%;[\\]^_`{|}~\t\n'
 GLOVE_FILTERS = '!"#$%&()*+/:<=>@[\\]^_`{|}~\t\n'

@@ -10,14 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import checkpoints
-from rnn_jax import data
-from rnn_jax import metrics
 from rnn_jax import train
 from rnn_jax.configs import Config, ModelConfig, TrainConfig
+from rnn_jax.corpus import data
 from rnn_jax.errors import UserError
+from rnn_jax.training import checkpoints
+from rnn_jax.training import metrics
 
-from conftest import CYCLE, read_metrics, tiny_config
+from conftest import CYCLE, read_config, read_metrics, tiny_config
 
 REPO = Path(__file__).parents[1]
 
@@ -50,19 +50,24 @@ def test_best_checkpoint_restores_to_the_same_predictions(trained):
   assert tokenizer.vocab_size == len(CYCLE) + 1
 
 
-def test_resume_continues_exactly_where_the_run_stopped(corpus, trained, tmp_path):
-  workdir, _ = trained
-  train.train_and_evaluate(tiny_config(corpus, max_epochs=1), tmp_path)
+def test_resume_continues_exactly_where_the_run_stopped(corpus, trained_cell, tmp_path):
+  workdir, _ = trained_cell
+  cell = read_config(workdir)['cell']
+  train.train_and_evaluate(tiny_config(corpus, cell, max_epochs=1), tmp_path)
   # As if the run died after logging epoch 2 but before its checkpoint was written.
   with open(tmp_path / checkpoints.METRICS, 'a') as f:
     f.write('{"epoch": 2, "train_loss": 0.0, "val_loss": 0.0}\n')
     f.write('{"epoch": 3, "train_lo')  # and killed while appending the next
-  train.train_and_evaluate(tiny_config(corpus, max_epochs=3), tmp_path, resume=True)
+  train.train_and_evaluate(tiny_config(corpus, cell, max_epochs=3), tmp_path, resume=True)
   resumed, straight = read_metrics(tmp_path), read_metrics(workdir)
   assert [m['epoch'] for m in resumed] == [1, 2, 3]
   for a, b in zip(resumed, straight):
     assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-5)
     assert a['val_loss'] == pytest.approx(b['val_loss'], rel=1e-5)
+  # The last parameters, bit for bit.
+  for got, want in zip(jax.tree.leaves(train.load(tmp_path, 'latest')[3]),
+                       jax.tree.leaves(train.load(workdir, 'latest')[3]), strict=True):
+    np.testing.assert_array_equal(got, want)
 
 
 def test_a_run_in_the_workdir_is_never_silently_replaced(corpus, trained):
@@ -90,7 +95,7 @@ def test_overwrite_starts_a_fresh_run(corpus, tmp_path):
 def test_cli_refuses_a_workdir_holding_another_run(trained):
   workdir, _ = trained
   result = subprocess.run(
-      [sys.executable, '-m', 'experiments.train', f'--workdir={workdir}', '--lstm_units=3'],
+      [sys.executable, '-m', 'experiments.train', f'--workdir={workdir}', '--rnn_units=3'],
       cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith(
@@ -128,7 +133,7 @@ def test_ties_do_not_lower_the_rank_and_non_finite_logits_never_count_as_correct
 def test_frozen_embeddings_keep_the_given_matrix(corpus):
   config = tiny_config(corpus)
   config = Config(data=config.data, train=config.train,
-                  model=ModelConfig(embedding_dim=8, lstm_units=8, dense_units=16,
+                  model=ModelConfig(embedding_dim=8, rnn_units=8, dense_units=16,
                                     trainable_embeddings=False))
   matrix = np.random.default_rng(0).normal(size=(9, 8)).astype(np.float32)
   state = train.create_train_state(config, 9, embedding_matrix=matrix)
@@ -180,7 +185,7 @@ def test_a_checkpoint_of_another_model_is_refused_naming_what_differs(trained, t
   copy = tmp_path / 'run'
   shutil.copytree(workdir, copy)
   config = json.loads((copy / checkpoints.CONFIG).read_text())
-  (copy / checkpoints.CONFIG).write_text(json.dumps(config | {'lstm_units': 12}))
+  (copy / checkpoints.CONFIG).write_text(json.dumps(config | {'rnn_units': 12}))
   with pytest.raises(UserError, match=r'lstm_0/recurrent_kernel is \[8, 32\] in the checkpoint, '
                                       r'\[12, 48\] in the config'):
     train.load(copy)

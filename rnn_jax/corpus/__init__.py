@@ -1,0 +1,1 @@
+"""Texts in, token ids out: tokenizer, loading and splitting, pre-trained vectors, seeds."""

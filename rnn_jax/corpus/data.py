@@ -1,0 +1,409 @@
+"""Texts in, windows of token ids out: loading, tokenizing, splitting and batching."""
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+import shutil
+from typing import Iterator
+import urllib.error
+import urllib.request
+
+from absl import logging
+import numpy as np
+
+from rnn_jax.configs import Config, DataConfig
+from rnn_jax.corpus import text
+from rnn_jax.errors import UserError
+
+PATENTS_URL = ('https://raw.githubusercontent.com/WillKoehrsen/recurrent-neural-networks/'
+               'master/data/neural_network_patent_query.csv')
+PATENTS_SHA256 = '6e9f9a2e4cf762b457de0b6fcd255412476970cd68c7b2ded763f88ed51e04f6'
+PATENTS_FILE = 'neural_network_patent_query.csv'
+STREAM_PIECE = 1 << 20  # characters of a stream cleaned and tokenized at a time
+
+
+def data_dir() -> Path:
+  """Where downloaded data lives: $RNN_JAX_DATA_DIR, else ~/.cache/rnn_jax."""
+  return Path(os.environ.get('RNN_JAX_DATA_DIR', '~/.cache/rnn_jax')).expanduser()
+
+
+def patents_path() -> Path:
+  """The walkthrough's patent abstracts, downloaded on first use."""
+  path = data_dir() / PATENTS_FILE
+  if not path.exists():
+    download(PATENTS_URL, path, PATENTS_SHA256)
+  return path
+
+
+def download(url: str, path: Path, sha256: str):
+  """Fetches url to path, which appears only once its checksum is right."""
+  logging.info('Downloading %s to %s', url, path)
+  partial = path.with_name(path.name + '.part')
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(url, timeout=60) as response, open(partial, 'wb') as f:
+      shutil.copyfileobj(response, f)
+  except (OSError, urllib.error.URLError) as e:
+    partial.unlink(missing_ok=True)
+    raise UserError(f'could not download {url} ({e}); put the file at {path} '
+                    'or point RNN_JAX_DATA_DIR at a folder that holds it') from None
+  digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+  if digest != sha256:
+    partial.unlink()
+    raise UserError(f'checksum mismatch for {url}: expected sha256 {sha256}, got {digest}')
+  partial.replace(path)
+
+
+def read_texts(path: str | Path, text_column: str, txt_mode: str = 'lines') -> list[str]:
+  """One string per document: a CSV column, a JSON Lines key, or a line of a .txt file (or with
+  txt_mode 'stream' the whole .txt file)."""
+  path = Path(path)
+  readers = {'.csv': _read_csv, '.jsonl': _read_jsonl,
+             '.txt': _read_txt_stream if txt_mode == 'stream' else _read_txt}
+  if path.suffix not in readers:
+    raise UserError(f'unknown data format {path.suffix!r} of {path}: use .csv, .jsonl or .txt')
+  if not path.is_file():
+    raise UserError(f'data file not found: {path}')
+  texts = readers[path.suffix](_decode(path), path, text_column)
+  if not texts:
+    raise UserError(f'{path} holds no texts')
+  return texts
+
+
+def _decode(path: Path) -> str:
+  """The file as UTF-8 text; anything else is named by line and byte offset."""
+  raw = path.read_bytes()
+  try:
+    content = raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise UserError(f'{path}:{_line_at(raw, e.start)}: not UTF-8 text (byte {e.start}: '
+                    f'{raw[e.start:e.start + 1]!r}); is it a text file?') from None
+  nul = raw.find(0)
+  if nul >= 0:  # valid UTF-8, but no text holds it
+    raise UserError(f'{path}:{_line_at(raw, nul)}: a NUL byte (byte {nul}); is it a text file?')
+  return content
+
+
+def _line_at(raw: bytes, offset: int) -> int:
+  return raw.count(b'\n', 0, offset) + 1
+
+
+def _read_csv(content: str, path: Path, column: str) -> list[str]:
+  reader = csv.DictReader(io.StringIO(content, newline=''))
+  if column not in (reader.fieldnames or []):
+    raise UserError(f'{path} has no column {column!r}; its columns: {reader.fieldnames}')
+  try:
+    return [row[column] or '' for row in reader]
+  except csv.Error as e:
+    raise UserError(f'{path}:{reader.line_num}: not valid CSV ({e})') from None
+
+
+def _read_jsonl(content: str, path: Path, key: str) -> list[str]:
+  texts = []
+  for number, line in enumerate(content.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      texts.append(json.loads(line)[key])
+    except (json.JSONDecodeError, TypeError) as e:
+      raise UserError(f'{path}:{number}: not a JSON object ({e})') from None
+    except KeyError:
+      raise UserError(f'{path}:{number}: no key {key!r}') from None
+  return texts
+
+
+def _read_txt(content: str, unused_path: Path, unused_column: str) -> list[str]:
+  return [line.strip() for line in content.splitlines() if line.strip()]
+
+
+def _read_txt_stream(content: str, unused_path: Path, unused_column: str) -> list[str]:
+  return [content] if content.strip() else []
+
+
+def _stream_pieces(content: str, char_level: bool) -> Iterator[str]:
+  """A stream cleaned (`text.clean`) in pieces of about STREAM_PIECE characters, each cut after a
+  space or line break, so that no word spans two: the pieces' tokens are the stream's.
+
+  Line breaks are characters at char level ('\r\n' and '\r' read as '\n', as Python reads
+  text files) and spaces between words at word level.
+  """
+  begin = 0
+  while begin < len(content):
+    end = begin + STREAM_PIECE
+    cut = max(content.rfind(' ', begin, end), content.rfind('\n', begin, end))
+    if end < len(content) and cut >= begin:
+      end = cut + 1
+    piece = content[begin:end].replace('\r\n', '\n').replace('\r', '\n')
+    yield text.clean(piece if char_level else piece.replace('\n', ' '), char_level)
+    begin = end
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+  """Windows of `length` tokens, each labelled with the token that follows it.
+
+  The windows are strided views of `tokens`, so 300k of them cost no more memory than the text.
+  """
+  tokens: np.ndarray  # int32[num_tokens]: the kept texts end to end
+  starts: np.ndarray  # int32[num_windows] (int64 past 2**31 tokens): where each window begins
+  length: int  # tokens per window
+
+  def __len__(self) -> int:
+    return len(self.starts)
+
+  def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns features: int32[n, length] and labels: int32[n] of the windows at `indices`."""
+    if not len(indices):  # the texts may be shorter than one window
+      return np.zeros((0, self.length), np.int32), np.zeros(0, np.int32)
+    rows = np.lib.stride_tricks.sliding_window_view(self.tokens, self.length + 1)
+    rows = rows[self.starts[indices]]
+    # Contiguous, so that handing them to jax costs one plain copy.
+    return np.ascontiguousarray(rows[:, :-1]), rows[:, -1]
+
+  @property
+  def labels(self) -> np.ndarray:
+    """int32[num_windows]: the token after each window."""
+    return self.tokens[self.starts + self.length]
+
+  def subset(self, indices: np.ndarray) -> 'Windows':
+    return dataclasses.replace(self, starts=self.starts[indices])
+
+
+def make_windows(sequences: list[list[int]] | list[np.ndarray], length: int) -> Windows:
+  """Every window of `length` tokens inside each sequence, in order (no window spans two).
+
+  A single int32 sequence is kept as it is, not copied; the starts, one per token of a long text,
+  are int32 where they fit.
+  """
+  lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+  counts = np.maximum(lengths - length, 0)
+  starts = np.arange(counts.sum(), dtype=np.int32 if lengths.sum() < 2**31 else np.int64)
+  if len(sequences) == 1:
+    return Windows(tokens=np.asarray(sequences[0], np.int32), starts=starts, length=length)
+  first_window = np.cumsum(counts) - counts
+  # Window i of text t starts at offset(t) + i - first_window(t).
+  starts += np.repeat((np.cumsum(lengths) - lengths - first_window).astype(starts.dtype), counts)
+  tokens = np.concatenate([np.asarray(s, np.int32) for s in sequences] or [np.zeros(0, np.int32)])
+  return Windows(tokens=tokens, starts=starts, length=length)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunks:
+  """Texts cut into pieces of `length` tokens, each labelled with the next token at every position.
+
+  The every-position objective's training data: each word of a text (but its first) is a label
+  once per epoch, with 50 labels per forward pass instead of one. A text's last piece is short:
+  positions past its end hold 0, which is never a label and so weighs nothing.
+  """
+  tokens: np.ndarray  # int32[num_tokens + length + 1]: the texts end to end, then padding
+  starts: np.ndarray  # int64[num_chunks]: where each piece begins in `tokens`
+  ends: np.ndarray  # int64[num_chunks]: where the text of each piece ends in `tokens`
+  length: int  # tokens per piece
+
+  def __len__(self) -> int:
+    return len(self.starts)
+
+  def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns features: int32[n, length] and labels: int32[n, length] (0 past a text's end)."""
+    rows = np.lib.stride_tricks.sliding_window_view(self.tokens, self.length + 1)
+    starts = self.starts[indices]
+    inside = starts[:, None] + np.arange(self.length + 1) < self.ends[indices][:, None]
+    rows = np.where(inside, rows[starts], 0).astype(np.int32)
+    return rows[:, :-1], rows[:, 1:]
+
+
+def make_chunks(sequences: list[list[int]], length: int) -> Chunks:
+  """Every text cut into consecutive pieces of `length` tokens (and one label each)."""
+  lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+  counts = np.maximum(lengths - 2, -1) // length + 1  # pieces that hold at least one label
+  offsets = np.cumsum(lengths) - lengths
+  first_piece = np.cumsum(counts) - counts
+  piece = np.arange(counts.sum()) - np.repeat(first_piece, counts)
+  tokens = np.concatenate([np.asarray(s, np.int32) for s in sequences]
+                          + [np.zeros(length + 1, np.int32)])
+  return Chunks(tokens=tokens, starts=np.repeat(offsets, counts) + piece * length,
+                ends=np.repeat(offsets + lengths, counts), length=length)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  tokenizer: text.Tokenizer
+  num_texts: int  # documents read
+  num_kept_texts: int  # documents long enough to keep
+  train: Windows
+  valid: Windows
+  test: Windows  # empty when the fractions leave nothing for it
+  valid_texts: list[np.ndarray]  # token ids of the validation texts (every kept text for 'windows')
+  train_texts: list[np.ndarray] | None  # token ids of the training texts; None for 'windows'
+  duplicate_texts: int  # kept texts that repeat an earlier one word for word
+
+  def summary(self) -> dict[str, int]:
+    return dict(num_words=self.tokenizer.vocab_size, num_texts=self.num_texts,
+                num_kept_texts=self.num_kept_texts,
+                num_windows=len(self.train) + len(self.valid) + len(self.test),
+                num_train=len(self.train), num_valid=len(self.valid), num_test=len(self.test),
+                duplicate_texts=self.duplicate_texts)
+
+
+def load_texts(config: DataConfig) -> list[str]:
+  """The documents, cleaned for the tokenizer (`text.clean`); a stream is one, in pieces."""
+  char_level = config.level == 'char'
+  texts = read_texts(config.data or patents_path(), config.text_column, config.txt_mode)
+  if config.txt_mode == 'stream':
+    return list(_stream_pieces(texts[0], char_level))
+  return [text.clean(t, char_level) for t in texts]
+
+
+def fit_tokenizer(config: DataConfig, texts: list[str]) -> text.Tokenizer:
+  tokenizer = text.Tokenizer(num_words=config.num_words or None, filters=config.filters,
+                             lower=config.lower, char_level=config.level == 'char')
+  tokenizer.fit_on_texts(texts)
+  return tokenizer
+
+
+def prepare(config: Config) -> Dataset:
+  """Reads, cleans and tokenizes the texts, then splits them into window sets."""
+  data_config = config.data
+  stream = data_config.txt_mode == 'stream'
+  texts = load_texts(data_config)
+  tokenizer = fit_tokenizer(data_config, texts)
+  if tokenizer.vocab_size < 3:  # padding and one word: the next word is always that word
+    words = [repr(w) for w, i in tokenizer.word_index.items() if i < tokenizer.vocab_size]
+    raise UserError(f'the vocabulary holds {len(words)} word(s) {" ".join(words)}: nothing to '
+                    'predict; use texts with more words' + (' or a larger --num_words'
+                                                           if data_config.num_words else ''))
+  all_sequences = _token_ids(tokenizer, texts, stream)
+  num_texts = len(all_sequences)
+  del texts  # a long stream's text is no longer needed: its ids are
+  min_words = data_config.training_length + data_config.min_extra_words
+  sequences = [s for s in all_sequences if len(s) > min_words]
+  unit = 'characters' if tokenizer.char_level else 'words'
+  if not sequences:
+    raise UserError((f'the text has {len(all_sequences[0]):,} {unit}, not' if stream else
+                     f'none of the {num_texts} texts has') + f' more than {min_words} {unit} '
+                    '(training_length + min_extra_words); use a longer text or lower '
+                    '--training_length or --min_extra_words')
+  rng = np.random.default_rng(config.seed)
+  if data_config.split == 'abstracts':
+    parts = ([[part] for part in np.split(sequences[0], _cuts(len(sequences[0]), data_config))]
+             if stream else _split_texts(sequences, data_config, rng))
+    train, valid, test = [make_windows(part, data_config.training_length) for part in parts]
+    train_texts, valid_texts = parts[:2]
+  else:
+    windows = make_windows(sequences, data_config.training_length)
+    train, valid, test = [windows.subset(part)
+                          for part in _split(len(windows), data_config, rng)]
+    train_texts, valid_texts = None, sequences
+  duplicates = 0 if stream else len(sequences) - len(_copies(sequences))
+  if not len(train) or not len(valid):
+    raise UserError((f'the text\'s {len(sequences[0]):,} {unit} are' if stream else
+                     f'{len(sequences)} kept texts ({len(sequences) - duplicates} distinct) are')
+                    + ' too few to split into train and validation windows of '
+                    f'{data_config.training_length} {unit}; use more data or change the '
+                    'fractions')
+  return Dataset(tokenizer, num_texts, len(sequences), train, valid, test, valid_texts,
+                 train_texts, duplicates)
+
+
+def _token_ids(tokenizer: text.Tokenizer, texts: list[str], stream: bool) -> list[np.ndarray]:
+  """int32 ids of each text; of a stream's pieces, end to end in one array."""
+  ids = [tokenizer.text_to_ids(t) for t in texts]
+  return [np.concatenate(ids)] if stream else ids
+
+
+def _copies(sequences: list[np.ndarray]) -> dict[bytes, list[int]]:
+  """Each distinct text's indices among `sequences`, in first-seen order."""
+  copies: dict[bytes, list[int]] = {}
+  for index, sequence in enumerate(sequences):
+    copies.setdefault(sequence.tobytes(), []).append(index)
+  return copies
+
+
+def _split_texts(sequences: list[np.ndarray], config: DataConfig,
+                 rng: np.random.Generator) -> list[list[np.ndarray]]:
+  """Distinct texts shuffled and cut into train, validation and test texts.
+
+  The corpus repeats some abstracts word for word: copies of a text stay in one set. Training
+  keeps every copy, as the corpus has them; validation and test hold each text once.
+  """
+  groups = list(_copies(sequences).values())
+  train, valid, test = _split(len(groups), config, rng)
+  return ([sequences[i] for group in train for i in groups[group]],
+          [sequences[groups[group][0]] for group in valid],
+          [sequences[groups[group][0]] for group in test])
+
+
+def leakage(dataset: 'Dataset') -> dict[str, float]:
+  """Shares of validation and test windows (features and label) found among training windows.
+
+  Windows are compared by a 64-bit hash, 8 bytes each, not by their tokens, which at char level
+  (a window per character) would take hundreds of times the text's size. Two different windows
+  share a hash with a chance of about 2**-64.
+  """
+  seen = _window_hashes(dataset.train)
+  seen.sort()
+
+  def share(windows: Windows) -> float:
+    if not len(windows) or not len(seen):
+      return 0.0
+    hashes = _window_hashes(windows)
+    return float(np.mean(seen[np.minimum(np.searchsorted(seen, hashes), len(seen) - 1)]
+                         == hashes))
+
+  return {'valid_windows_in_train': round(share(dataset.valid), 4),
+          'test_windows_in_train': round(share(dataset.test), 4)}
+
+
+def _window_hashes(windows: Windows, block: int = 1 << 16) -> np.ndarray:
+  """uint64[num_windows]: FNV-1a over each window's tokens and label, a token at a time, for
+  `block` windows at a time (their temporaries stay in the cache)."""
+  hashes = np.empty(len(windows), np.uint64)
+  for begin in range(0, len(windows), block):
+    starts = windows.starts[begin:begin + block]
+    part = np.full(len(starts), 0xCBF29CE484222325, np.uint64)
+    for offset in range(windows.length + 1):
+      part ^= windows.tokens[starts + offset].astype(np.uint64)
+      part *= np.uint64(0x100000001B3)  # wraps around: arithmetic modulo 2**64
+    hashes[begin:begin + block] = part
+  return hashes
+
+
+def _split(num_items: int, config: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
+  """Shuffled indices of items, cut into train, validation and test parts."""
+  return np.split(rng.permutation(num_items), _cuts(num_items, config))
+
+
+def _cuts(num_items: int, config: DataConfig) -> np.ndarray:
+  """Where train ends and where validation ends among `num_items` items."""
+  fractions = np.array([config.train_fraction, config.train_fraction + config.valid_fraction])
+  # Floored like the walkthrough's cut; the epsilon keeps 0.7 + 0.3 of n at n.
+  return np.floor(fractions * num_items + 1e-6).astype(int)
+
+
+def batches(windows: Windows | Chunks, batch_size: int, *, seed: int | None = None,
+            epoch: int = 0, start: int = 0,
+            rows: slice = slice(None)) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Yields (features: int32[batch, length], labels, weights) with labels and weights int32 and
+  float32 [batch] for Windows, [batch, length] for Chunks, from the `start`-th batch on.
+
+  Every batch has `batch_size` rows, so one compiled step serves them all: the last one is
+  padded with weight-0 rows. Label 0 (padding) weighs 0 too. With a seed, the order is a
+  permutation drawn from (seed, epoch) alone, so any epoch's batches can be rebuilt after a
+  restart, and a run resumed inside an epoch goes on with the batches it had not done.
+  `rows` reads only those rows of each batch: a process's share of a batch split over processes.
+  """
+  if seed is None:
+    order = np.arange(len(windows))
+  else:
+    order = np.random.default_rng((seed, epoch)).permutation(len(windows))
+  for begin in range(start * batch_size, len(order), batch_size):
+    indices = order[begin:begin + batch_size]
+    real = (np.arange(batch_size) < len(indices))[rows]
+    indices = np.pad(indices, (0, batch_size - len(indices)))[rows]
+    features, labels = windows.take(indices)
+    weights = (labels != 0) & real.reshape(-1, *[1] * (labels.ndim - 1))
+    yield features, labels, weights.astype(np.float32)

@@ -1,0 +1,1 @@
+"""Scoring trained runs: beside the baselines, mixed with the n-gram, with a continuous cache."""

@@ -1,0 +1,201 @@
+"""Scores a trained run on its validation or test windows beside naive and n-gram baselines.
+
+The model's figures come from the code that scores it during training (`train.evaluate` with
+`metrics.eval_step`); the baselines see only the training data and are scored on the same windows:
+the walkthrough's two naive guesses (`metrics.baselines`) and an interpolated Kneser-Ney n-gram
+model that reads the last order-1 tokens of each window.
+"""
+
+import functools
+import math
+from pathlib import Path
+import time
+from typing import Any
+
+from absl import logging
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rnn_jax import train
+from rnn_jax.corpus import data
+from rnn_jax.errors import UserError
+from rnn_jax.evaluation import cache as continuous_cache
+from rnn_jax.model import ngram
+from rnn_jax.model.word_rnn import WordRNN
+from rnn_jax.training import checkpoints
+from rnn_jax.training import metrics
+
+BATCH_SIZE = 2048  # windows per jitted evaluation step, the last batch padded
+PROGRESS_EVERY = 5  # batches between progress lines; each line waits for the device
+WEIGHTS = np.linspace(0, 1, 21)  # the model's share in a mixture with the n-gram, tried on valid
+MIXTURE_BATCH = 1024  # windows per mixture step: two f32[batch, vocab] distributions at a time
+
+
+def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'best',
+                 ngram_order: int = ngram.ORDER, mixture: bool = False,
+                 cache: bool = False) -> dict[str, Any]:
+  """Scores a run's checkpoint on one split, rebuilt from the work dir alone.
+
+  Returns a flat dict: what was scored (split, checkpoint, epoch, workdir, num_windows), the
+  model's loss, perplexity, accuracy and top5_accuracy, the naive baselines (baseline_*) and the
+  Kneser-Ney baseline (ngram_order, kneser_ney_*); with `mixture`, the model mixed with the
+  n-gram (`interpolate`: mixture_weight, mixture_loss, mixture_accuracy); with `cache`, the
+  model with a continuous cache over its window (`evaluation.cache`: cache_theta, cache_weight,
+  cache_loss, cache_accuracy).
+  """
+  if split not in ('valid', 'test'):
+    raise UserError(f"split: 'valid' or 'test', not {split!r}")
+  config, tokenizer, model, params = train.load(workdir, checkpoint)
+  ngram.check_order(ngram_order, config.data.training_length)
+  dataset = data.prepare(config)
+  # The same config and seed give the same split only from the same texts.
+  if dataset.tokenizer.word_index != tokenizer.word_index:
+    raise UserError(f'the data changed since the run in {workdir} was trained (another '
+                    'vocabulary), so its windows cannot be rebuilt')
+  windows = getattr(dataset, split)
+  if not len(windows):
+    raise UserError(f'the run in {workdir} has no {split} windows (its train and validation '
+                    'fractions leave none)')
+  # eval_step reads only the model and its params: an optimizer without state stands in.
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optax.identity())
+  eval_fn = _with_progress(jax.jit(metrics.eval_step), len(windows))
+  scores = metrics.evaluate(eval_fn, state, windows, BATCH_SIZE)
+  results = ({'split': split, 'checkpoint': checkpoint, 'epoch': _epoch(workdir, checkpoint),
+              'workdir': str(Path(workdir).absolute()), 'num_windows': len(windows)}
+             | scores
+             | naive_baselines(dataset.train, windows, dataset.tokenizer.vocab_size)
+             | {'ngram_order': ngram_order}
+             | ngram.baseline(dataset, windows, ngram_order))
+  if mixture:
+    mixed = interpolate(model, params, dataset, ngram_order)
+    results |= {'mixture_weight': mixed['weight'], 'mixture_loss': mixed[split]['loss'],
+                'mixture_accuracy': mixed[split]['accuracy']}
+  if cache:
+    cached = continuous_cache.tune_and_score(model, params, dataset)
+    results |= {'cache_theta': cached['theta'], 'cache_weight': cached['weight'],
+                'cache_loss': cached[split]['loss'], 'cache_accuracy': cached[split]['accuracy']}
+  return results
+
+
+def naive_baselines(train_windows: data.Windows, windows: data.Windows,
+                    vocab_size: int) -> dict[str, float]:
+  """`metrics.baselines` as baseline_* keys: most_frequent_accuracy, unigram_accuracy and _loss."""
+  return {f'baseline_{name}': float(value)
+          for name, value in metrics.baselines(train_windows, windows, vocab_size).items()}
+
+
+def interpolate(model: WordRNN, params: Any, dataset: data.Dataset,
+                order: int = ngram.ORDER) -> dict[str, Any]:
+  """The model's next-word distribution mixed with the n-gram's, weight p + (1 - weight) q.
+
+  The weight is the one of WEIGHTS with the lowest validation loss; the figures at that weight
+  follow for validation and, where the run has one, test.
+  """
+  ngram.check_order(order, dataset.valid.length)
+  kneser_ney = ngram.fit_baseline(dataset, order)
+  results = {name: _mixture_scores(model, params, kneser_ney, windows, order)
+             for name, windows in (('valid', dataset.valid), ('test', dataset.test))
+             if len(windows)}
+  best = int(np.argmin(results['valid']['loss']))
+  return {'weight': round(float(WEIGHTS[best]), 2)} | {
+      name: {'loss': float(scores['loss'][best]), 'accuracy': float(scores['accuracy'][best])}
+      for name, scores in results.items()}
+
+
+def _mixture_scores(model, params, kneser_ney: ngram.KneserNey, windows: data.Windows,
+                    order: int) -> dict[str, np.ndarray]:
+  """Mean loss and accuracy of the mixture at each of WEIGHTS: f64[len(WEIGHTS)] each."""
+  contexts, _ = ngram.window_contexts(windows, order)
+  loss, correct = np.zeros(len(WEIGHTS)), np.zeros(len(WEIGHTS))
+  for begin in range(0, len(windows), MIXTURE_BATCH):
+    indices = np.arange(begin, min(begin + MIXTURE_BATCH, len(windows)))
+    features, labels = windows.take(indices)
+    ngram_probs = np.exp(kneser_ney.log_probs(contexts[indices]))
+    batch_loss, batch_correct = jax.device_get(
+        _mixture_sums(model, params, features, labels, ngram_probs, WEIGHTS))
+    loss += batch_loss
+    correct += batch_correct
+  return {'loss': loss / len(windows), 'accuracy': correct / len(windows)}
+
+
+@functools.partial(jax.jit, static_argnames='model')
+def _mixture_sums(model, params, features, labels, ngram_probs, weights):
+  model_probs = jax.nn.softmax(model.apply({'params': params}, features, deterministic=True))
+
+  def sums(weight):
+    mixture = weight * model_probs + (1 - weight) * ngram_probs
+    label_probs = jnp.take_along_axis(mixture, labels[:, None], axis=-1)[:, 0]
+    # Correct where nothing is likelier than the label (ties count, as in metrics.batch_metrics);
+    # a max runs far faster than an argmax on a CPU.
+    return -jnp.sum(jnp.log(label_probs)), jnp.sum(label_probs >= jnp.max(mixture, axis=-1))
+
+  return jax.lax.map(sums, weights)
+
+
+def table(results: dict[str, Any]) -> str:
+  """The figures of `evaluate_run` side by side, one row per figure, a column per model."""
+  columns = {  # loss, accuracy, top-5 accuracy
+      'rnn-jax': (results['loss'], results['accuracy'], results['top5_accuracy']),
+      'most frequent': (None, results['baseline_most_frequent_accuracy'], None),
+      'unigram': (results['baseline_unigram_loss'], results['baseline_unigram_accuracy'], None),
+      f'Kneser-Ney {results["ngram_order"]}-gram': (results['kneser_ney_loss'],
+                                                    results['kneser_ney_accuracy'], None),
+  }
+  if 'cache_loss' in results:
+    columns['rnn-jax + cache'] = (results['cache_loss'], results['cache_accuracy'], None)
+  if 'mixture_loss' in results:
+    columns[f'mixed ({results["mixture_weight"]:.2f} rnn-jax)'] = (
+        results['mixture_loss'], results['mixture_accuracy'], None)
+  rows = (('log loss', '{:.4f}'), ('bits per token', '{:.4f}'), ('perplexity', '{:,.2f}'),
+          ('accuracy', '{:.2%}'), ('top-5 accuracy', '{:.2%}'))
+  cells = {name: ['-' if value is None else form.format(value)
+                  for value, (_, form) in zip(_with_loss_figures(*values), rows)]
+           for name, values in columns.items()}
+  widths = {name: max(len(name), *map(len, column)) for name, column in cells.items()}
+  label_width = max(len(label) for label, _ in rows)
+  lines = [' ' * label_width + ''.join(f'   {name:>{widths[name]}}' for name in cells)]
+  for i, (label, _) in enumerate(rows):
+    lines.append(f'{label:<{label_width}}' +
+                 ''.join(f'   {column[i]:>{widths[name]}}' for name, column in cells.items()))
+  heading = (f'{results["workdir"]}: {results["checkpoint"]} checkpoint (epoch '
+             f'{results["epoch"]}) on {results["num_windows"]:,} {results["split"]} windows')
+  return '\n'.join([heading, *lines])
+
+
+def _with_loss_figures(loss: float | None, *others: float | None) -> tuple[float | None, ...]:
+  """(loss, its bits, its perplexity, *others): figures that say the same as the loss."""
+  if loss is None:
+    return None, None, None, *others
+  return loss, metrics.bits(loss), metrics.perplexity(loss), *others
+
+
+def _epoch(workdir: str | Path, checkpoint: str) -> int:
+  """The epochs finished when the best or latest checkpoint was saved."""
+  manager = checkpoints.manager(workdir)
+  try:
+    step = manager.best_step() if checkpoint == 'best' else manager.latest_step()
+    return checkpoints.progress_of(manager, step)['epoch']
+  finally:
+    manager.close()
+
+
+def _with_progress(eval_fn, num_windows: int):
+  """eval_fn, logging the share of windows scored every PROGRESS_EVERY batches."""
+  num_batches = -(-num_windows // BATCH_SIZE)
+  start, calls = time.perf_counter(), 0
+
+  def step(state, batch):
+    nonlocal calls
+    metrics = eval_fn(state, batch)
+    calls += 1
+    if calls % PROGRESS_EVERY == 0:
+      # Dispatch runs ahead of the device: wait, so the line reports work done.
+      jax.block_until_ready(metrics)
+      rate = calls * BATCH_SIZE / (time.perf_counter() - start)
+      logging.info('Scored batch %d/%d (%.0f windows/s)', calls, num_batches, rate)
+    return metrics
+
+  return step

@@ -1,0 +1,1 @@
+"""A trained model behind a server: request checks, micro-batching, the pages and API, the game."""

@@ -1,0 +1,1 @@
+"""What the trainer stands on: the work dir, checkpoints, metrics, devices, signals, progress."""
