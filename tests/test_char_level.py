@@ -13,6 +13,7 @@ import pytest
 from rnn_jax import train
 from rnn_jax.configs import Config, DataConfig, ModelConfig, TrainConfig
 from rnn_jax.corpus import data
+from rnn_jax.corpus import files
 from rnn_jax.corpus import seeds
 from rnn_jax.corpus import text
 from rnn_jax.errors import UserError
@@ -101,7 +102,7 @@ def test_word_level_stream_reads_line_breaks_as_spaces(tmp_path):
 
 
 def test_a_long_stream_is_tokenized_in_pieces_that_split_no_word(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, 'STREAM_PIECE', 10)
+  monkeypatch.setattr(files, 'STREAM_PIECE', 10)
   content = 'alpha beta\ngamma  delta epsilon zeta eta theta ' * 5
   path = write(tmp_path / 'book.txt', content)
   for level in ('word', 'char'):

@@ -10,11 +10,12 @@ import pytest
 
 from rnn_jax.configs import Config, DataConfig
 from rnn_jax.corpus import data
+from rnn_jax.corpus import files
 from rnn_jax.errors import UserError
 
 REPO = Path(__file__).parents[1]
 SHARED_DATA = Path(os.environ.get('RNN_JAX_DATA_DIR', REPO.parent / 'shared' / 'data'))
-PATENTS = SHARED_DATA / data.PATENTS_FILE
+PATENTS = SHARED_DATA / files.PATENTS_FILE
 
 
 def write_documents(path: Path, num_documents: int, words_per_document: int) -> Path:
@@ -122,30 +123,30 @@ def test_texts_too_short_for_the_window_are_an_error(tmp_path):
 def test_reads_csv_with_quotes_commas_and_newlines(tmp_path):
   path = tmp_path / 'texts.csv'
   path.write_text('id,body\n1,"a, ""quoted""\nline"\n2,plain\n', encoding='utf-8')
-  assert data.read_texts(path, 'body') == ['a, "quoted"\nline', 'plain']
+  assert files.read_texts(path, 'body') == ['a, "quoted"\nline', 'plain']
   with pytest.raises(UserError, match="no column 'text'.*'id', 'body'"):
-    data.read_texts(path, 'text')
+    files.read_texts(path, 'text')
 
 
 def test_reads_jsonl_and_txt(tmp_path):
   jsonl = tmp_path / 'texts.jsonl'
   jsonl.write_text(json.dumps({'t': 'first'}) + '\n\n' + json.dumps({'t': 'second'}) + '\n')
-  assert data.read_texts(jsonl, 't') == ['first', 'second']
+  assert files.read_texts(jsonl, 't') == ['first', 'second']
   with pytest.raises(UserError, match=r'texts.jsonl:1: no key'):
-    data.read_texts(jsonl, 'text')
+    files.read_texts(jsonl, 'text')
   jsonl.write_text('{"t": "ok"}\nnot json\n')
   with pytest.raises(UserError, match=r'texts.jsonl:2: not a JSON object'):
-    data.read_texts(jsonl, 't')
+    files.read_texts(jsonl, 't')
   txt = tmp_path / 'texts.txt'
   txt.write_text('one doc\n\n  two doc \n')
-  assert data.read_texts(txt, 'ignored') == ['one doc', 'two doc']
+  assert files.read_texts(txt, 'ignored') == ['one doc', 'two doc']
 
 
 def test_bad_data_paths_are_errors(tmp_path):
   with pytest.raises(UserError, match='not found'):
-    data.read_texts(tmp_path / 'missing.csv', 'x')
+    files.read_texts(tmp_path / 'missing.csv', 'x')
   with pytest.raises(UserError, match='unknown data format'):
-    data.read_texts(tmp_path / 'data.parquet', 'x')
+    files.read_texts(tmp_path / 'data.parquet', 'x')
 
 
 def test_download_checks_the_checksum(tmp_path):
@@ -154,19 +155,19 @@ def test_download_checks_the_checksum(tmp_path):
   digest = hashlib.sha256(source.read_bytes()).hexdigest()
   target = tmp_path / 'cache' / 'file.csv'
   with pytest.raises(UserError, match='checksum mismatch'):
-    data.download(source.as_uri(), target, '0' * 64)
+    files.download(source.as_uri(), target, '0' * 64)
   assert not target.exists() and not list(target.parent.iterdir())
-  data.download(source.as_uri(), target, digest)
+  files.download(source.as_uri(), target, digest)
   assert target.read_bytes() == source.read_bytes()
   with pytest.raises(UserError, match='could not download'):
-    data.download((tmp_path / 'absent').as_uri(), tmp_path / 'other.csv', digest)
+    files.download((tmp_path / 'absent').as_uri(), tmp_path / 'other.csv', digest)
 
 
 def test_cached_patents_are_not_downloaded_again(tmp_path, monkeypatch):
-  (tmp_path / data.PATENTS_FILE).write_text('patent_abstract\nx\n')
+  (tmp_path / files.PATENTS_FILE).write_text('patent_abstract\nx\n')
   monkeypatch.setenv('RNN_JAX_DATA_DIR', str(tmp_path))
-  monkeypatch.setattr(data, 'download', lambda *args: pytest.fail('downloaded'))
-  assert data.patents_path() == tmp_path / data.PATENTS_FILE
+  monkeypatch.setattr(files, 'download', lambda *args: pytest.fail('downloaded'))
+  assert files.patents_path() == tmp_path / files.PATENTS_FILE
 
 
 @pytest.mark.skipif(not PATENTS.exists(), reason=f'the patent corpus is not at {PATENTS}')
@@ -206,4 +207,4 @@ def test_files_that_are_not_text_are_named_by_line_and_byte(tmp_path, content, m
   path = tmp_path / 'bad.txt'
   path.write_bytes(content)
   with pytest.raises(UserError, match=message):
-    data.read_texts(path, 'x')
+    files.read_texts(path, 'x')

@@ -20,7 +20,7 @@ from pathlib import Path
 from absl import logging
 import numpy as np
 
-from rnn_jax.corpus import data
+from rnn_jax.corpus import files
 from rnn_jax.corpus import text
 from rnn_jax.errors import UserError
 
@@ -65,13 +65,13 @@ class Coverage:
 def vectors_path(name: str | Path) -> Path:
   """The vectors file `name`: as given or, for a relative name, inside the data dir."""
   path = Path(name).expanduser()
-  candidates = [path] if path.is_absolute() else [path, data.data_dir() / path]
+  candidates = [path] if path.is_absolute() else [path, files.data_dir() / path]
   for candidate in candidates:
     if candidate.is_file():
       return candidate
   elsewhere = f' (nor {candidates[1]})' if len(candidates) > 1 else ''
   raise UserError(f'vectors file not found: {path}{elsewhere}; GloVe comes from {GLOVE_URL}: '
-                  f'unzip glove.6B.zip into {data.data_dir()}')
+                  f'unzip glove.6B.zip into {files.data_dir()}')
 
 
 def read_vectors(path: str | Path, *, dim: int | None = None,
