@@ -19,6 +19,8 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 # everything else is the run's own.
 # Hyperparameters renamed since a work dir's config.json was written: old name -> new name.
 RENAMED = {'lstm_layers': 'rnn_layers', 'lstm_units': 'rnn_units'}
+# What a saved config.json means by a field it lacks: the behaviour before the field existed.
+BEFORE_FIELD = {'min_count': 0, 'near_copy_share': 0.0}
 RESUMABLE = ('max_epochs', 'patience', 'min_delta', 'log_every', 'checkpoint_every_steps')
 
 
@@ -29,6 +31,14 @@ def _require(condition: bool, message: str):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+  """Which texts, how they become tokens, and how they are split.
+
+  The vocabulary comes from the training texts under split 'abstracts' and from every text under
+  'windows' (whose split comes after tokenizing): words seen there at least `min_count` times get
+  an id each, every other word the unknown-word id 1. With min_count 0 every word of every text,
+  test included, gets its own id: the walkthrough's vocabulary, and what runs saved before
+  min_count existed used.
+  """
   data: str = ''  # .csv, .txt or .jsonl file; '' = the walkthrough's patent abstracts (downloaded)
   text_column: str = 'patent_abstract'  # CSV column or JSON key that holds the text
   txt_mode: str = 'lines'  # .txt: 'lines' (a text per line) or 'stream' (one text, cut in 3 parts)
@@ -36,14 +46,19 @@ class DataConfig:
   filters: str = WALKTHROUGH_FILTERS  # characters the tokenizer turns into spaces (word level)
   lower: bool = False  # lower-case the text before tokenizing
   num_words: int = 0  # keep the num_words - 1 most frequent tokens (Keras semantics); 0 keeps all
+  min_count: int = 2  # rarer training words share one unknown-word id; 0: every text's words
   training_length: int = 50  # tokens (words or characters) per window; the next one is the label
   min_extra_words: int = 20  # keep texts longer than training_length + min_extra_words tokens
   split: str = 'abstracts'  # 'abstracts': no text in two sets; 'windows': the walkthrough's (leaks)
   train_fraction: float = 0.8  # share of texts (or windows) used for training
   valid_fraction: float = 0.1  # share for validation; the test set gets the rest
+  near_copy_share: float = 0.05 # texts sharing this share of their windows stay in one set
 
   def __post_init__(self):
     _require(self.num_words >= 0, f'num_words must be >= 0, got {self.num_words}')
+    _require(self.min_count >= 0, f'min_count must be >= 0, got {self.min_count}')
+    _require(0 <= self.near_copy_share <= 1,
+             f'near_copy_share must be in [0, 1], got {self.near_copy_share}')
     _require(self.training_length >= 1,
              f'training_length must be >= 1, got {self.training_length}')
     _require(self.min_extra_words >= 0,
@@ -170,4 +185,5 @@ class Config:
 
   @classmethod
   def from_json(cls, text: str) -> 'Config':
-    return cls.from_flat(json.loads(text))
+    """A saved config; fields it lacks mean what they did before they existed."""
+    return cls.from_flat(BEFORE_FIELD | json.loads(text))

@@ -27,8 +27,10 @@ MIXED = 'Hello, World!\n  Ünïcödé – 𝄞 tabs\tand "quotes" (12).\r\nlast 
 
 
 def char_config(path: Path, **data_fields) -> Config:
+  # Every character its own id, as the stream's whole text gives them (the vocabulary of the
+  # training part has its own tests in test_data).
   fields = dict(data=str(path), level='char', txt_mode='stream', training_length=8,
-                min_extra_words=0) | data_fields
+                min_extra_words=0, min_count=0) | data_fields
   return Config(data=DataConfig(**fields))
 
 
@@ -94,7 +96,7 @@ def test_word_level_stream_reads_line_breaks_as_spaces(tmp_path):
   dataset = data.prepare(char_config(path, level='word', training_length=4))
   # One text: the lines joined by spaces, with the walkthrough's clean-up ("w3." is two words).
   cleaned = text.format_patent(' '.join(lines))
-  expected = data.fit_tokenizer(DataConfig(), [cleaned])
+  expected = data.fit_tokenizer(DataConfig(min_count=0), [cleaned])
   ids = np.concatenate([part.tokens for part in (dataset.train, dataset.valid, dataset.test)])
   assert list(dataset.tokenizer.word_index.items()) == list(expected.word_index.items())
   assert ids.tolist() == expected.texts_to_sequences([cleaned])[0]
@@ -208,9 +210,10 @@ def test_prepare_reads_the_char_flagfile_with_a_stream_and_reports_bad_bytes_on_
   good = write(tmp_path / 'good.txt', 'a line of text\n' * 100)  # 1,500 characters, 11 distinct
   result = prepare(good)
   assert result.returncode == 0, result.stderr
-  # 1,200 / 150 / 150 characters, each part's windows of 100 inside it.
+  # 1,200 / 150 / 150 characters, each part's windows of 100 inside it; padding, the unknown
+  # character and the 11.
   assert json.loads(result.stdout).items() >= dict(
-      num_words=12, num_texts=1, num_train=1100, num_valid=50, num_test=50).items()
+      num_words=13, unknown_test=0.0, num_texts=1, num_train=1100, num_valid=50, num_test=50).items()
   bad = tmp_path / 'bad.txt'
   bad.write_bytes(b'fine\n' * 3 + b'\xff')
   result = prepare(bad)

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import os
@@ -11,6 +12,7 @@ import pytest
 from rnn_jax.configs import Config, DataConfig
 from rnn_jax.corpus import data
 from rnn_jax.corpus import files
+from rnn_jax.corpus import overlap
 from rnn_jax.errors import UserError
 
 REPO = Path(__file__).parents[1]
@@ -26,7 +28,7 @@ def write_documents(path: Path, num_documents: int, words_per_document: int) -> 
 
 
 def config_for(path: Path, **data_fields) -> Config:
-  fields = dict(data=str(path), training_length=5, min_extra_words=0) | data_fields
+  fields = dict(data=str(path), training_length=5, min_extra_words=0, min_count=0) | data_fields
   return Config(data=DataConfig(**fields))
 
 
@@ -88,6 +90,90 @@ def test_copies_of_a_text_stay_in_one_set_and_held_out_sets_hold_it_once(tmp_pat
   assert len(dataset.train) == copies_in_train * 7
   assert dataset.duplicate_texts == 25
   assert data.leakage(dataset) == {'valid_windows_in_train': 0.0, 'test_windows_in_train': 0.0}
+
+
+def test_the_vocabulary_is_the_training_texts_words_seen_min_count_times(tmp_path):
+  # Each text: 'shared' words every text has, then words of its own, one of them twice.
+  lines = [' '.join(['common', 'words', 'here'] + [f'd{d}w{w}' for w in range(8)] + [f'd{d}w0'])
+           for d in range(40)]
+  path = tmp_path / 'docs.txt'
+  path.write_text('\n'.join(lines))
+  dataset = data.prepare(config_for(path, min_count=2, train_fraction=0.5, valid_fraction=0.25))
+  tokenizer = dataset.tokenizer
+  assert tokenizer.word_index[data.UNKNOWN] == 1
+  train_docs = {w.split('w')[0] for w in tokenizer.word_index if w.startswith('d')}
+  # Only the word each training text has twice is counted twice: it alone has an id.
+  assert sorted(w for w in tokenizer.word_index if w.startswith('d')) == sorted(
+      f'{d}w0' for d in train_docs)
+  assert len(train_docs) == 20 and {'common', 'words', 'here'} <= tokenizer.word_index.keys()
+  decoded = tokenizer.sequences_to_texts(dataset.valid_texts)
+  assert all(text.split()[3:] == [data.UNKNOWN] * 9 for text in decoded)
+  # Labels: the 7 words after the first 5 of a text, w2 ... w7 unknown, w0 known.
+  assert dataset.summary().items() >= dict(unknown_train=round(6 / 7, 4), unknown_valid=1.0,
+                                           unknown_test=1.0, num_words=2 + 3 + 20).items()
+
+
+def test_min_count_0_gives_every_word_of_every_text_its_own_id(tmp_path):
+  path = write_documents(tmp_path / 'docs.txt', 40, 12)
+  dataset = data.prepare(config_for(path, min_count=0, train_fraction=0.5, valid_fraction=0.25))
+  assert dataset.tokenizer.vocab_size == 40 * 12 + 1 and data.UNKNOWN not in (
+      dataset.tokenizer.word_index)
+  assert dataset.summary()['unknown_test'] == 0.0
+
+
+def test_a_saved_config_without_the_new_fields_keeps_the_old_protocol():
+  config = Config.from_json(json.dumps({'split': 'abstracts', 'num_words': 10}))
+  assert (config.data.min_count, config.data.near_copy_share) == (0, 0.0)
+  assert (DataConfig().min_count, DataConfig().near_copy_share) == (2, 0.05)
+
+
+def _near_copies_by_brute_force(sequences, length, share):
+  windows = [{tuple(s[i:i + length + 1]) for i in range(len(s) - length)} for s in sequences]
+  edges = {(a, b) for a in range(len(sequences)) for b in range(len(sequences)) if a < b and
+           max(len(windows[a] & windows[b]) / len(windows[a]),
+               len(windows[a] & windows[b]) / len(windows[b])) >= share}
+  groups = {i: {i} for i in range(len(sequences))}
+  for a, b in edges:
+    merged = groups[a] | groups[b]
+    for i in merged:
+      groups[i] = merged
+  return sorted({tuple(sorted(g)) for g in groups.values() if len(g) > 1})
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_near_copies_match_a_brute_force_reference(seed):
+  rng = np.random.default_rng(seed)
+  sequences = [rng.integers(1, 4, rng.integers(4, 15)) for _ in range(25)]  # a 3-word language
+  for share in (0.3, 0.6, 1.0):
+    found = overlap.near_copies(sequences, 3, share)
+    assert sorted(map(tuple, found)) == _near_copies_by_brute_force(sequences, 3, share)
+  assert overlap.near_copies(sequences, 3, 0.3)  # the case is not empty
+
+
+def test_near_copies_stay_in_one_set(tmp_path):
+  base = [' '.join(f'd{d}w{w}' for w in range(20)) for d in range(30)]
+  # Text 30 + d copies text d but for its last 6 words: 9 of its 15 windows are text d's.
+  lines = base + [' '.join(line.split()[:14] + [f'n{d}w{w}' for w in range(6)])
+                  for d, line in enumerate(base[:10])]
+  path = tmp_path / 'docs.txt'
+  path.write_text('\n'.join(lines))
+  sets_apart = 0
+  for seed in range(4):
+    for share, together in ((0.5, True), (0.7, False)):
+      dataset = data.prepare(dataclasses.replace(
+          config_for(path, min_count=0, near_copy_share=share, train_fraction=0.5,
+                     valid_fraction=0.25), seed=seed))
+      assert len(dataset.near_copy_groups) == (10 if together else 0)
+      index = dataset.tokenizer.word_index
+      parts = [set(part.tokens.tolist()) for part in (dataset.train, dataset.valid, dataset.test)]
+      set_of = lambda word: [index[word] in part for part in parts].index(True)
+      # d{d}w19 is text d's alone, n{d}w0 its near-copy's.
+      apart = sum(set_of(f'd{d}w19') != set_of(f'n{d}w0') for d in range(10))
+      if together:
+        assert apart == 0 and data.leakage(dataset) == {
+            'valid_windows_in_train': 0.0, 'test_windows_in_train': 0.0}
+      sets_apart += apart
+  assert sets_apart  # without the grouping, some copies land in another set
 
 
 def test_leakage_counts_held_out_windows_seen_in_training(tmp_path):

@@ -7,8 +7,11 @@ import numpy as np
 
 from rnn_jax.configs import Config, DataConfig
 from rnn_jax.corpus import files
+from rnn_jax.corpus import overlap
 from rnn_jax.corpus import text
 from rnn_jax.errors import UserError
+
+UNKNOWN = '<unk>'  # the unknown-word token (id 1) of a vocabulary fitted with a min_count
 
 @dataclasses.dataclass(frozen=True)
 class Windows:
@@ -108,13 +111,21 @@ class Dataset:
   valid_texts: list[np.ndarray]  # token ids of the validation texts (every kept text for 'windows')
   train_texts: list[np.ndarray] | None  # token ids of the training texts; None for 'windows'
   duplicate_texts: int  # kept texts that repeat an earlier one word for word
+  near_copy_groups: list[list[int]]  # each group of near-copies, as indices among distinct texts
 
-  def summary(self) -> dict[str, int]:
+  def summary(self) -> dict[str, int | float]:
+    """The figures `prepare` prints: sizes, copies, and each set's share of unknown labels."""
+    unknown = self.tokenizer.word_index.get(self.tokenizer.oov_token)
     return dict(num_words=self.tokenizer.vocab_size, num_texts=self.num_texts,
                 num_kept_texts=self.num_kept_texts,
                 num_windows=len(self.train) + len(self.valid) + len(self.test),
                 num_train=len(self.train), num_valid=len(self.valid), num_test=len(self.test),
-                duplicate_texts=self.duplicate_texts)
+                duplicate_texts=self.duplicate_texts,
+                near_copy_groups=len(self.near_copy_groups),
+                near_copy_texts=sum(map(len, self.near_copy_groups))) | {
+                    f'unknown_{name}': round(float(np.mean(windows.labels == unknown)), 4)
+                    for name, windows in (('train', self.train), ('valid', self.valid),
+                                          ('test', self.test)) if len(windows)}
 
 
 def load_texts(config: DataConfig) -> list[str]:
@@ -128,10 +139,29 @@ def load_texts(config: DataConfig) -> list[str]:
 
 
 def fit_tokenizer(config: DataConfig, texts: list[str]) -> text.Tokenizer:
-  tokenizer = text.Tokenizer(num_words=config.num_words or None, filters=config.filters,
-                             lower=config.lower, char_level=config.level == 'char')
+  """Every word of `texts`; with min_count 0, the run's own tokenizer (the walkthrough's)."""
+  tokenizer = text.Tokenizer(num_words=None if config.min_count else config.num_words or None,
+                             filters=config.filters, lower=config.lower,
+                             char_level=config.level == 'char')
   tokenizer.fit_on_texts(texts)
   return tokenizer
+
+
+def fit_vocabulary(config: DataConfig, every_word: text.Tokenizer,
+                   sequences: list[np.ndarray]) -> tuple[text.Tokenizer, np.ndarray]:
+  """The run's tokenizer, fitted on `sequences` (ids of `every_word`) with the unknown-word
+  token, and int32[every_word.vocab_size]: the run's id for each of `every_word`'s."""
+  ids = np.concatenate(sequences)
+  counts = np.bincount(ids, minlength=every_word.vocab_size)
+  seen, first = np.unique(ids, return_index=True)
+  tokenizer = text.Tokenizer(num_words=config.num_words or None, filters=config.filters,
+                             lower=config.lower, char_level=config.level == 'char',
+                             oov_token=UNKNOWN, min_count=config.min_count)
+  # In first-seen order, so that ties rank as fitting on the texts themselves would rank them.
+  tokenizer.fit_on_counts({every_word.index_word[i]: int(counts[i])
+                           for i in seen[np.argsort(first)].tolist()}, len(sequences))
+  table = [0] + [tokenizer.id_of(every_word.index_word[i]) for i in range(1, len(counts))]
+  return tokenizer, np.asarray(table, np.int32)
 
 
 def prepare(config: Config) -> Dataset:
@@ -140,11 +170,6 @@ def prepare(config: Config) -> Dataset:
   stream = data_config.txt_mode == 'stream'
   texts = load_texts(data_config)
   tokenizer = fit_tokenizer(data_config, texts)
-  if tokenizer.vocab_size < 3:  # padding and one word: the next word is always that word
-    words = [repr(w) for w, i in tokenizer.word_index.items() if i < tokenizer.vocab_size]
-    raise UserError(f'the vocabulary holds {len(words)} word(s) {" ".join(words)}: nothing to '
-                    'predict; use texts with more words' + (' or a larger --num_words'
-                                                           if data_config.num_words else ''))
   all_sequences = _token_ids(tokenizer, texts, stream)
   num_texts = len(all_sequences)
   del texts  # a long stream's text is no longer needed: its ids are
@@ -157,9 +182,17 @@ def prepare(config: Config) -> Dataset:
                     '(training_length + min_extra_words); use a longer text or lower '
                     '--training_length or --min_extra_words')
   rng = np.random.default_rng(config.seed)
+  near = (overlap.near_copies([sequences[g[0]] for g in _copies(sequences).values()],
+                              data_config.training_length, data_config.near_copy_share)
+          if data_config.split == 'abstracts' and data_config.near_copy_share and not stream
+          else [])
+  split_parts = _splitter(sequences, near, data_config, rng)
+  training = split_parts(sequences)[0]
+  if data_config.min_count and sum(map(len, training)):
+    tokenizer, new_ids = fit_vocabulary(data_config, tokenizer, training)
+    sequences = [new_ids[s] for s in sequences]
   if data_config.split == 'abstracts':
-    parts = ([[part] for part in np.split(sequences[0], _cuts(len(sequences[0]), data_config))]
-             if stream else _split_texts(sequences, data_config, rng))
+    parts = split_parts(sequences)
     train, valid, test = [make_windows(part, data_config.training_length) for part in parts]
     train_texts, valid_texts = parts[:2]
   else:
@@ -174,8 +207,18 @@ def prepare(config: Config) -> Dataset:
                     + ' too few to split into train and validation windows of '
                     f'{data_config.training_length} {unit}; use more data or change the '
                     'fractions')
+  _check_vocabulary(tokenizer, data_config)
   return Dataset(tokenizer, num_texts, len(sequences), train, valid, test, valid_texts,
-                 train_texts, duplicates)
+                 train_texts, duplicates, near)
+
+
+def _check_vocabulary(tokenizer: text.Tokenizer, config: DataConfig):
+  if tokenizer.vocab_size < 3:  # padding and one word: the next word is always that word
+    words = [repr(w) for w, i in tokenizer.word_index.items() if i < tokenizer.vocab_size]
+    raise UserError(f'the vocabulary holds {len(words)} word(s) {" ".join(words)}: nothing to '
+                    'predict; use texts with more words' + (' or a larger --num_words'
+                                                           if config.num_words else '')
+                    + (' or a lower --min_count' if config.min_count > 1 else ''))
 
 
 def _token_ids(tokenizer: text.Tokenizer, texts: list[str], stream: bool) -> list[np.ndarray]:
@@ -192,27 +235,38 @@ def _copies(sequences: list[np.ndarray]) -> dict[bytes, list[int]]:
   return copies
 
 
-def _split_texts(sequences: list[np.ndarray], config: DataConfig,
-                 rng: np.random.Generator) -> list[list[np.ndarray]]:
-  """Distinct texts shuffled and cut into train, validation and test texts.
+def _splitter(sequences: list[np.ndarray], near: list[list[int]], config: DataConfig,
+              rng: np.random.Generator):
+  """What cuts the texts (or a copy of their ids) into train, validation and test texts.
 
-  The corpus repeats some abstracts word for word: copies of a text stay in one set. Training
-  keeps every copy, as the corpus has them; validation and test hold each text once.
+  Split 'windows' cuts later, windows rather than texts: its first part holds every text, which
+  its vocabulary comes from. A stream is cut in three where the fractions say, into views.
+  Otherwise the texts are shuffled in groups: the corpus repeats some abstracts word for word,
+  and others nearly, and copies of a text stay in one set, as do `near`-copies (groups of
+  indices among the distinct texts). Training keeps every copy, as the corpus has them;
+  validation and test hold each distinct text once.
   """
-  groups = list(_copies(sequences).values())
+  if config.split == 'windows':
+    return lambda sequences: [sequences]
+  if config.txt_mode == 'stream':
+    cuts = _cuts(len(sequences[0]), config)
+    return lambda sequences: [[part] for part in np.split(sequences[0], cuts)]
+  copies = list(_copies(sequences).values())
+  grouped = {i for group in near for i in group}
+  groups = [[copies[i] for i in group] for group in near] + [
+      [copies[i]] for i in range(len(copies)) if i not in grouped]
+  # In order of their first text, so that without near-copies the split is what it was.
+  groups.sort(key=lambda group: group[0][0])
   train, valid, test = _split(len(groups), config, rng)
-  return ([sequences[i] for group in train for i in groups[group]],
-          [sequences[groups[group][0]] for group in valid],
-          [sequences[groups[group][0]] for group in test])
+  return lambda sequences: (
+      [sequences[i] for g in train for text_copies in groups[g] for i in text_copies],
+      [sequences[text_copies[0]] for g in valid for text_copies in groups[g]],
+      [sequences[text_copies[0]] for g in test for text_copies in groups[g]])
 
 
 def leakage(dataset: 'Dataset') -> dict[str, float]:
-  """Shares of validation and test windows (features and label) found among training windows.
-
-  Windows are compared by a 64-bit hash, 8 bytes each, not by their tokens, which at char level
-  (a window per character) would take hundreds of times the text's size. Two different windows
-  share a hash with a chance of about 2**-64.
-  """
+  """Shares of validation and test windows (features and label) found among training windows,
+  compared by hash (`overlap.window_hashes`)."""
   seen = _window_hashes(dataset.train)
   seen.sort()
 
@@ -227,18 +281,8 @@ def leakage(dataset: 'Dataset') -> dict[str, float]:
           'test_windows_in_train': round(share(dataset.test), 4)}
 
 
-def _window_hashes(windows: Windows, block: int = 1 << 16) -> np.ndarray:
-  """uint64[num_windows]: FNV-1a over each window's tokens and label, a token at a time, for
-  `block` windows at a time (their temporaries stay in the cache)."""
-  hashes = np.empty(len(windows), np.uint64)
-  for begin in range(0, len(windows), block):
-    starts = windows.starts[begin:begin + block]
-    part = np.full(len(starts), 0xCBF29CE484222325, np.uint64)
-    for offset in range(windows.length + 1):
-      part ^= windows.tokens[starts + offset].astype(np.uint64)
-      part *= np.uint64(0x100000001B3)  # wraps around: arithmetic modulo 2**64
-    hashes[begin:begin + block] = part
-  return hashes
+def _window_hashes(windows: Windows) -> np.ndarray:
+  return overlap.window_hashes(windows.tokens, windows.starts, windows.length)
 
 
 def _split(num_items: int, config: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:

@@ -56,8 +56,9 @@ class Tokenizer:
   Attributes:
     word_counts: word -> count over every fitted text, in first-seen order.
     document_count: number of fitted texts.
-    word_index: word -> id, for every fitted word (`num_words` does not trim
-      it; it only limits which ids sequences contain).
+    word_index: word -> id, for every fitted word counted at least `min_count`
+      times (`num_words` does not trim it; it only limits which ids sequences
+      contain).
     index_word: id -> word, the inverse of `word_index`.
   """
 
@@ -68,7 +69,8 @@ class Tokenizer:
                lower: bool = True,
                split: str = ' ',
                char_level: bool = False,
-               oov_token: str | None = None):
+               oov_token: str | None = None,
+               min_count: int = 1):
     """Sets up an empty tokenizer.
 
     Args:
@@ -81,15 +83,20 @@ class Tokenizer:
       char_level: every character is a token; `filters` are not applied
         (as in Keras).
       oov_token: token for unknown words; None drops them instead.
+      min_count: words counted fewer times get no id of their own (not a
+        Keras option): they are unknown words.
     """
     if num_words is not None and num_words < 0:
       raise ValueError(f'num_words must be >= 0 or None, got {num_words}')
+    if min_count < 1:
+      raise ValueError(f'min_count must be >= 1, got {min_count}')
     self.num_words = num_words or None
     self.filters = filters
     self.lower = lower
     self.split = split
     self.char_level = char_level
     self.oov_token = oov_token
+    self.min_count = min_count
     self._filter_table = str.maketrans({c: split for c in filters})
     self.word_counts: dict[str, int] = {}
     self.document_count = 0
@@ -115,6 +122,13 @@ class Tokenizer:
         self.word_counts[word] = self.word_counts.get(word, 0) + count
     self._rank()
 
+  def fit_on_counts(self, word_counts: dict[str, int], document_count: int):
+    """Adds counts made elsewhere (word -> count, in first-seen order) and re-ranks."""
+    self.document_count += document_count
+    for word, count in word_counts.items():
+      self.word_counts[word] = self.word_counts.get(word, 0) + count
+    self._rank()
+
   def _rank(self):
     """Builds `word_index` and `index_word` from `word_counts`."""
     # sorted() is stable also with reverse=True: ties stay in first-seen order.
@@ -123,7 +137,8 @@ class Tokenizer:
     vocab = [] if self.oov_token is None else [self.oov_token]
     # An oov token that also occurs as a word keeps id 1 (Keras would move it
     # to the word's rank and leave id 1 without a word).
-    vocab += [w for w in ranked if w != self.oov_token]
+    vocab += [w for w in ranked
+              if w != self.oov_token and self.word_counts[w] >= self.min_count]
     self.word_index = {w: i for i, w in enumerate(vocab, start=1)}
     self.index_word = {i: w for w, i in self.word_index.items()}
     self._char_table = None  # built on first use by text_to_ids
@@ -142,17 +157,20 @@ class Tokenizer:
     index = self.word_index.get(word)
     return index if index is not None and self._keeps(index) else None
 
+  def id_of(self, word: str) -> int | None:
+    """The id a sequence holds for `word`: its own, else the oov id, else None (dropped)."""
+    own = self._own_id(word)
+    return self.word_index.get(self.oov_token) if own is None else own
+
   def texts_to_sequences(self, texts: Iterable[str]) -> list[list[int]]:
     """Maps each text to its list of ids.
 
     Unknown words and ids >= num_words become the oov id when `oov_token` is
     set and are dropped otherwise, so a sequence can be shorter than its text.
     """
-    oov = self.word_index.get(self.oov_token)
     sequences = []
     for text in texts:
-      ids = (self._own_id(w) for w in self.tokenize(text))
-      ids = (oov if i is None else i for i in ids)
+      ids = (self.id_of(w) for w in self.tokenize(text))
       sequences.append([i for i in ids if i is not None])
     return sequences
 
@@ -213,6 +231,7 @@ class Tokenizer:
         'split': self.split,
         'char_level': self.char_level,
         'oov_token': self.oov_token,
+        'min_count': self.min_count,
         'document_count': self.document_count,
         # Order matters: ties in the ranking follow it.
         'word_counts': self.word_counts,
@@ -225,7 +244,9 @@ class Tokenizer:
     tokenizer = cls(num_words=state['num_words'], filters=state['filters'],
                     lower=state['lower'], split=state['split'],
                     char_level=state['char_level'],
-                    oov_token=state['oov_token'])
+                    oov_token=state['oov_token'],
+                    # Tokenizers saved before min_count existed kept every word.
+                    min_count=state.get('min_count', 1))
     tokenizer.document_count = state['document_count']
     tokenizer.word_counts = dict(state['word_counts'])
     tokenizer._rank()
