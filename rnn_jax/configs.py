@@ -91,6 +91,7 @@ class ModelConfig:
   bidirectional: bool = False  # run the last recurrent layer both ways and concatenate
   dropout: float = 0.1  # recurrent layers' input dropout, one mask per sequence (Keras)
   recurrent_dropout: float = 0.1  # recurrent hidden-state dropout, one mask per sequence (Keras)
+  weight_drop: float = 0.0  # DropConnect on the recurrent weights, one mask per batch (AWD-LSTM)
   dense_units: int = 128  # width of the relu layer after the recurrent layers
   dense_dropout: float = 0.5  # dropout after the relu layer
   embedding_dropout: float = 0.0  # drop whole words: rows of the input embedding, per step
@@ -102,7 +103,8 @@ class ModelConfig:
              f'cell must be one of {tuple(cells.CELLS)}, got {self.cell!r}')
     for name in ('embedding_dim', 'rnn_layers', 'rnn_units', 'dense_units'):
       _require(getattr(self, name) >= 1, f'{name} must be >= 1, got {getattr(self, name)}')
-    for name in ('dropout', 'recurrent_dropout', 'dense_dropout', 'embedding_dropout'):
+    for name in ('dropout', 'recurrent_dropout', 'weight_drop', 'dense_dropout',
+                 'embedding_dropout'):
       _require(0 <= getattr(self, name) < 1,
                f'{name} must be in [0, 1), got {getattr(self, name)}')
     _require(self.compute_dtype in COMPUTE_DTYPES,
@@ -117,6 +119,10 @@ class TrainConfig:
   learning_rate: float = 1e-3  # Adam step size
   clip_norm: float = 0.0  # clip gradients to this global norm; 0 turns clipping off
   weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0 is the walkthrough's plain Adam
+  lr_plateau_factor: float = 1.0  # after an epoch with no val_loss improvement, scale the rate so
+  average_decay: float = 0.0  # score and keep a moving average of the weights (decay per step)
+  activation_reg: float = 0.0  # AR: adds this times the last recurrent layer's mean squared h
+  temporal_activation_reg: float = 0.0  # TAR: adds this times the mean squared change of h a step
   batch_size: int = 2048  # windows (or, for objective 'every', text pieces) per training step
   eval_batch_size: int = 2048  # windows per evaluation step
   objective: str = 'last'  # 'last': the word after each window; 'every': the next word everywhere
@@ -131,6 +137,12 @@ class TrainConfig:
     _require(self.learning_rate > 0, f'learning_rate must be > 0, got {self.learning_rate}')
     _require(self.clip_norm >= 0, f'clip_norm must be >= 0, got {self.clip_norm}')
     _require(self.weight_decay >= 0, f'weight_decay must be >= 0, got {self.weight_decay}')
+    _require(0 < self.lr_plateau_factor <= 1,
+             f'lr_plateau_factor must be in (0, 1], got {self.lr_plateau_factor}')
+    _require(0 <= self.average_decay < 1,
+             f'average_decay must be in [0, 1), got {self.average_decay}')
+    for name in ('activation_reg', 'temporal_activation_reg'):
+      _require(getattr(self, name) >= 0, f'{name} must be >= 0, got {getattr(self, name)}')
     _require(self.objective in OBJECTIVES,
              f'objective must be one of {OBJECTIVES}, got {self.objective!r}')
     for name in ('batch_size', 'eval_batch_size', 'max_epochs', 'log_every'):

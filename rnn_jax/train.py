@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from absl import logging
-from flax import traverse_util
 from flax.training import train_state
 from flax.training.early_stopping import EarlyStopping
 import jax
@@ -23,27 +22,11 @@ from rnn_jax.errors import UserError
 from rnn_jax.model.word_rnn import WordRNN
 from rnn_jax.training import checkpoints
 from rnn_jax.training import metrics
+from rnn_jax.training import optimizer
 from rnn_jax.training import preemption
 from rnn_jax.training import progress_line
+from rnn_jax.training import regularization
 from rnn_jax.training.parallel import Parallel
-
-KERAS_ADAM_EPSILON = 1e-7  # the walkthrough's Adam; optax defaults to 1e-8
-
-
-def make_optimizer(config: TrainConfig, trainable_embeddings: bool) -> optax.GradientTransformation:
-  # Without decay, plain Adam: its state is what runs saved before weight decay existed hold.
-  optimizer = (optax.adamw(config.learning_rate, eps=KERAS_ADAM_EPSILON,
-                           weight_decay=config.weight_decay) if config.weight_decay
-               else optax.adam(config.learning_rate, eps=KERAS_ADAM_EPSILON))
-  if config.clip_norm:
-    optimizer = optax.chain(optax.clip_by_global_norm(config.clip_norm), optimizer)
-  if trainable_embeddings:
-    return optimizer
-  label = lambda path, _: 'frozen' if path[0] == 'embed' else 'trained'
-  return optax.multi_transform(
-      {'trained': optimizer, 'frozen': optax.set_to_zero()},
-      lambda params: traverse_util.path_aware_map(label, params))
-
 
 def create_train_state(config: Config, vocab_size: int,
                        embedding_matrix: np.ndarray | None = None) -> train_state.TrainState:
@@ -56,18 +39,19 @@ def create_train_state(config: Config, vocab_size: int,
     if embedding_matrix.shape != expected:
       raise UserError(f'embedding matrix has shape {embedding_matrix.shape}, expected {expected}')
     params['embed']['embedding'] = jnp.asarray(embedding_matrix, jnp.float32)
-  tx = make_optimizer(config.train, config.model.trainable_embeddings)
-  return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  return optimizer.create(model.apply, params, config.train, config.model.trainable_embeddings)
 
 
 def train_step(state: train_state.TrainState, batch: tuple[jax.Array, ...], dropout_key: jax.Array,
-               *, skip_nonfinite: bool = False) -> tuple[train_state.TrainState, metrics.Metrics]:
+               *, config: TrainConfig = TrainConfig()
+               ) -> tuple[train_state.TrainState, metrics.Metrics]:
   """One Adam step on features: int32[batch, time] and labels, weights: int32, f32[batch] (the
   word after each window) or [batch, time] (the next word at every position).
 
-  A NaN or infinite loss or gradient makes the returned loss NaN; with `skip_nonfinite` the
-  weights and optimizer state stay as they were instead, the batch's metrics count nothing, and
-  the sums' 'skipped' is 1.
+  The loss adds the config's activation penalties (AR, TAR) to the mean log loss; the metrics
+  sum the log loss alone. A NaN or infinite loss or gradient makes the returned loss NaN; with
+  `skip_nonfinite` the weights and optimizer state stay as they were instead, the batch's
+  metrics count nothing, and the sums' 'skipped' is 1.
   """
   features, labels, weights = batch
   every_position = labels.ndim == 2
@@ -75,11 +59,19 @@ def train_step(state: train_state.TrainState, batch: tuple[jax.Array, ...], drop
     labels, weights = labels.T, weights.T
   step_key = jax.random.fold_in(dropout_key, state.step)
 
-  def loss_fn(params):
-    logits = state.apply_fn({'params': params}, features, deterministic=False,
+  apply = functools.partial(state.apply_fn, tokens=features, deterministic=False,
                             every_position=every_position, rngs={'dropout': step_key})
+
+  def loss_fn(params):
+    if config.activation_reg or config.temporal_activation_reg:
+      logits, sown = apply({'params': params}, mutable=['intermediates'])
+      hidden, = sown['intermediates']['hidden']
+      penalty = regularization.activation_penalty(hidden, features.T != 0, config)
+    else:
+      logits, penalty = apply({'params': params}), 0.0
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1), (logits, losses)
+    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1) + penalty, (logits,
+                                                                                   losses)
 
   (loss, (logits, losses)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   sums = metrics.batch_metrics(logits, labels, weights, losses)
@@ -87,12 +79,11 @@ def train_step(state: train_state.TrainState, batch: tuple[jax.Array, ...], drop
   finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g))
                                                    for g in jax.tree.leaves(grads)]))
   updated = state.apply_gradients(grads=grads)
-  if not skip_nonfinite:
+  if not config.skip_nonfinite:
     return updated, sums | {'loss': jnp.where(finite, sums['loss'], jnp.nan)}
   keep = lambda new, old: jnp.where(finite, new, old)
   # The step count still advances: dropout keys and checkpoint numbers follow the batches.
-  updated = updated.replace(params=jax.tree.map(keep, updated.params, state.params),
-                            opt_state=jax.tree.map(keep, updated.opt_state, state.opt_state))
+  updated = jax.tree.map(keep, updated.replace(step=state.step), state).replace(step=updated.step)
   sums = {name: jnp.where(finite, value, 0.0) for name, value in sums.items()}
   return updated, sums | {'skipped': (~finite).astype(jnp.float32)}
 
@@ -238,7 +229,7 @@ def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state,
            stop: preemption.StopRequest, parallel: Parallel):
   """The epoch loop with early stopping, from `progress` on; returns the last state."""
   stopper = _early_stopping(config.train, progress)
-  step_fn = jax.jit(functools.partial(train_step, skip_nonfinite=config.train.skip_nonfinite),
+  step_fn = jax.jit(functools.partial(train_step, config=config.train),
                     donate_argnums=0)
   eval_fn = jax.jit(metrics.eval_step)
   dropout_key = parallel.place(jax.random.fold_in(jax.random.key(config.seed), 1))
@@ -255,7 +246,8 @@ def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state,
     state, sums = train_epoch(step_fn, state, train_data, config, progress, dropout_key,
                               save_inside, stop, parallel)
     train_metrics = metrics.summarize(sums)
-    val = metrics.evaluate(eval_fn, state, dataset.valid, config.train.eval_batch_size, parallel)
+    val = metrics.evaluate(eval_fn, optimizer.for_evaluation(state), dataset.valid,
+                           config.train.eval_batch_size, parallel)
     if not math.isfinite(val['loss']):
       raise UserError(f'the validation loss became {val["loss"]} after epoch {epoch}, which is '
                       'not saved (the last good checkpoint stays); lower --learning_rate or set '
@@ -268,6 +260,10 @@ def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state,
               'seconds': round(time.perf_counter() - start, 2)}
     if config.train.skip_nonfinite:
       record['skipped_batches'] = int(sums.get('skipped', 0))
+    if config.train.lr_plateau_factor < 1:
+      record['learning_rate'] = optimizer.learning_rate(state)
+      if not stopper.has_improved:  # the next epoch runs at the lower rate
+        state = optimizer.cut_learning_rate(state, config.train.lr_plateau_factor)
     progress = {'epoch': epoch, 'best_metric': stopper.best_metric,
                 'patience_count': stopper.patience_count}
     # The line goes first: if the checkpoint is not complete when a kill comes, --resume
@@ -293,7 +289,10 @@ def _stop_if_asked(manager, stop: preemption.StopRequest, step: int):
 
 
 def load(workdir: str | Path, which: str = 'best') -> tuple[Config, Any, WordRNN, Any]:
-  """Rebuilds (config, tokenizer, model, params) from a work dir alone; which: best|latest."""
+  """Rebuilds (config, tokenizer, model, params) from a work dir alone; which: best|latest.
+
+  The params are those training scored: the averaged weights, where the run averages them.
+  """
   if which not in ('best', 'latest'):
     raise UserError(f"which checkpoint: 'best' or 'latest', not {which!r}")
   config, tokenizer = checkpoints.read_run(workdir)
@@ -307,4 +306,5 @@ def load(workdir: str | Path, which: str = 'best') -> tuple[Config, Any, WordRNN
     state, _ = checkpoints.restore(manager, step, target)
   finally:
     manager.close()
-  return config, tokenizer, WordRNN(config.model, tokenizer.vocab_size), state.params
+  params = optimizer.for_evaluation(state).params
+  return config, tokenizer, WordRNN(config.model, tokenizer.vocab_size), params

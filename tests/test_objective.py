@@ -15,6 +15,7 @@ from rnn_jax.corpus import data
 from rnn_jax.errors import UserError
 from rnn_jax.model import word_rnn
 from rnn_jax.model.word_rnn import WordRNN
+from rnn_jax.training import optimizer
 
 VOCAB = 13
 SMALL = ModelConfig(embedding_dim=6, rnn_units=5, dense_units=6, rnn_layers=2)
@@ -133,6 +134,6 @@ def test_weight_decay_shrinks_weights_without_gradient():
   params = {'w': jnp.ones(3)}
   zero = {'w': jnp.zeros(3)}
   for decay, expected in ((0.0, 1.0), (0.1, 1 - 1e-2 * 0.1)):
-    optimizer = train.make_optimizer(TrainConfig(learning_rate=1e-2, weight_decay=decay), True)
-    updates, _ = optimizer.update(zero, optimizer.init(params), params)
+    tx = optimizer.make_optimizer(TrainConfig(learning_rate=1e-2, weight_decay=decay), True)
+    updates, _ = tx.update(zero, tx.init(params), params)
     np.testing.assert_allclose(optax.apply_updates(params, updates)['w'], expected, rtol=1e-6)

@@ -48,6 +48,8 @@ class RNN(nn.Module):
     dropout: input dropout rate; one mask per sequence, shared over time.
     recurrent_dropout: dropout rate on h where it enters the recurrent matmul; one mask per
       sequence, shared over time.
+    weight_drop: DropConnect rate on the cell's recurrent weights (AWD-LSTM's weight drop); one
+      mask per batch, shared by its sequences and steps.
     reverse: read time from last to first; outputs stay aligned with inputs.
     return_sequences: return h at every step instead of only the final h.
     time_major: inputs, mask and outputs put time first ([time, batch, ...]), as the recurrence
@@ -57,6 +59,7 @@ class RNN(nn.Module):
   cell: cells.base.Cell
   dropout: float = 0.0
   recurrent_dropout: float = 0.0
+  weight_drop: float = 0.0
   reverse: bool = False
   return_sequences: bool = False
   time_major: bool = False
@@ -101,11 +104,19 @@ class RNN(nn.Module):
                  else mask.astype(rows.dtype))[..., None]
     if initial_state is None:
       initial_state = self.cell.initial_state((batch,), rows.dtype)
+    if self.weight_drop and not deterministic:
+      params = self._drop_weights(params, self.make_rng('dropout'))
     state, outputs = self.cell.run(params, rows, ids, recurrent_mask, step_mask, initial_state,
                                    self.reverse)
     if self.return_sequences:
       return state, outputs if self.time_major else jnp.swapaxes(outputs, 0, 1)
     return state, self.cell.output(state)
+
+  def _drop_weights(self, params: cells.base.Params, key: Array) -> cells.base.Params:
+    keys = jax.random.split(key, len(self.cell.recurrent_weights))
+    return params | {name: params[name] * dropout_mask(k, self.weight_drop, params[name].shape,
+                                                       params[name].dtype)
+                     for name, k in zip(self.cell.recurrent_weights, keys)}
 
   def _rows(self, inputs: Array, ids: Array | None, kernel: Array,
             dropout_key: Array | None) -> tuple[Array, Array | None]:

@@ -53,7 +53,8 @@ class WordRNN(nn.Module):
     cfg = self.config
     self.cell = cells.CELLS[cfg.cell](cfg.rnn_units)
     layer = functools.partial(layers.RNN, self.cell, dropout=cfg.dropout,
-                              recurrent_dropout=cfg.recurrent_dropout, return_sequences=True,
+                              recurrent_dropout=cfg.recurrent_dropout,
+                              weight_drop=cfg.weight_drop, return_sequences=True,
                               time_major=True, dtype=jnp.dtype(cfg.compute_dtype))
     self.embed = nn.Embed(self.vocab_size, cfg.embedding_dim,
                           embedding_init=layers.symmetric_uniform(0.05))
@@ -127,6 +128,7 @@ class WordRNN(nn.Module):
       layer_state, outputs = layer(x, mask, start, ids=ids, deterministic=deterministic)
       states.append(layer_state)
       last_input, last_ids, x, ids = x, ids, outputs, None
+    self.sow('intermediates', 'hidden', x)  # what training's activation penalties read
     h = x if every_position else self.cell.output(states[-1])
     if self.backward is not None:
       backward_state, _ = self.backward(last_input, mask, starts[-1], ids=last_ids,

@@ -8,7 +8,8 @@ dropout masks, masking, direction, time-major layout) for any cell. The split of
               before, and run that big matmul in bfloat16;
   the cell    creates its parameters (with at least that 'kernel'), says what its state is
               (any pytree whose leaves have the batch first) and how one step turns
-              (state, x) into the next state, and which part of the state is the output h.
+              (state, x) into the next state, which part of the state is the output h, and
+              which of its parameters are recurrent weights (what weight drop drops).
 
 `scan` runs any cell over time as a plain `lax.scan`, differentiated by autodiff. A cell may
 override `run` with a fused fast path (the LSTM does); `tests/test_cells.py` holds every such
@@ -36,6 +37,7 @@ class Cell(abc.ABC):
     units: width of the output h (and of the recurrent dropout mask applied to it).
   """
   units: int
+  recurrent_weights = ('recurrent_kernel',)  # parameters applied to h: weight drop's targets
 
   @property
   @abc.abstractmethod
