@@ -33,7 +33,7 @@ def main(argv):
   config, tokenizer, model, params = train.load(FLAGS.workdir, FLAGS.checkpoint)
   rounds = game.make_rounds(model, params, tokenizer, data.prepare(config).valid_texts,
                             config.data.training_length, FLAGS.rounds, FLAGS.num_words, rng_seed,
-                            sampling.Decoding(FLAGS.mode))
+                            sampling.Decoding(FLAGS.mode, unknown_id=tokenizer.unknown_id))
   print(f'Human or machine? Two of three continuations are generated (--rng_seed={rng_seed} '
         'replays this game).')
   game.play(rounds, _answers(), _say)

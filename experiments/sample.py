@@ -4,6 +4,7 @@
   python -m experiments.sample --workdir=DIR --num_random_seeds=4 --mode=stateful --output=s.jsonl
 """
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -52,6 +53,7 @@ def main(argv):
   if FLAGS.beam_width > 1 and FLAGS.num_samples > 1:
     raise UserError('beam search finds one continuation per seed: use --num_samples=1')
   config, tokenizer, model, params = train.load(FLAGS.workdir, FLAGS.checkpoint)
+  decoding = dataclasses.replace(decoding, unknown_id=tokenizer.unknown_id)
   seed_list = _seeds(config, tokenizer)
   generated = sampling.continue_seeds(
       model, params, seed_list, config.data.training_length, jax.random.key(FLAGS.rng_seed),

@@ -13,6 +13,7 @@ from rnn_jax import train
 from rnn_jax.corpus import data
 from rnn_jax.corpus import seeds
 from rnn_jax.generation import sampling
+from rnn_jax.training import metrics
 from rnn_jax.training import parallel
 
 config_flags.define_config_flags()
@@ -34,10 +35,29 @@ def main(argv):
   del argv
   mesh = config_flags.parallel_from_flags()
   logging.info('JAX %s on %s; mesh %s', jax.__version__, jax.devices(), dict(mesh.mesh.shape))
-  train.train_and_evaluate(config_flags.config_from_flags(), FLAGS.workdir,
-                           resume=FLAGS.resume, overwrite=FLAGS.overwrite, parallel=mesh)
-  if FLAGS.samples and parallel.is_primary():
+  results = train.train_and_evaluate(config_flags.config_from_flags(), FLAGS.workdir,
+                                     resume=FLAGS.resume, overwrite=FLAGS.overwrite,
+                                     parallel=mesh)
+  if not parallel.is_primary():
+    return
+  print_standing(results)
+  if FLAGS.samples:
     print_samples()
+
+
+def print_standing(results: dict):
+  """The best checkpoint beside the Kneser-Ney 4-gram on the same held-out windows."""
+  split = 'test' if 'test' in results else 'valid'
+  scores = results[split]
+  ngram = scores['baselines']
+  if 'kneser_ney_loss' not in ngram:
+    return
+  ratio = metrics.perplexity(scores['loss']) / metrics.perplexity(ngram['kneser_ney_loss'])
+  print(f'\nOn the {split} windows, the best epoch ({results["best_epoch"]}) has perplexity '
+        f'{metrics.perplexity(scores["loss"]):.1f} and accuracy {scores["accuracy"]:.1%}; the '
+        f'Kneser-Ney 4-gram {metrics.perplexity(ngram["kneser_ney_loss"]):.1f} and '
+        f'{ngram["kneser_ney_accuracy"]:.1%}: a perplexity {abs(1 - ratio):.0%} '
+        f'{"below" if ratio < 1 else "above"} the 4-gram\'s.')
 
 
 def print_samples():
@@ -47,7 +67,8 @@ def print_samples():
                                    np.random.default_rng(config.seed))
   generated = sampling.continue_seeds(model, params, passages, config.data.training_length,
                                       jax.random.key(config.seed), FLAGS.sample_words,
-                                      FLAGS.temperature)
+                                      FLAGS.temperature,
+                                      sampling.Decoding(unknown_id=tokenizer.unknown_id))
   for passage, tokens in zip(passages, np.asarray(generated.tokens)):
     print(f'\n{seeds.show(tokenizer, passage.tokens)}\n  -> {seeds.show(tokenizer, tokens)}')
 

@@ -393,3 +393,17 @@ def test_a_trained_model_continues_the_cycle(trained_cell, decoding, num_words):
                                 0.05, decoding)
   words = tokenizer.sequences_to_texts(np.asarray(generated.tokens).tolist())[0].split()
   assert words == (CYCLE * 2)[6:6 + num_words]
+
+
+@pytest.mark.parametrize('mode', sampling.MODES)
+def test_the_unknown_word_is_never_drawn_however_likely(small_params, mode):
+  # The unknown word (id 1) outscores every other by far: without the ban it is most draws.
+  favoured = {**small_params, 'logits': {**small_params['logits'],
+                                         'bias': small_params['logits']['bias'].at[1].add(8.0)}}
+  key = jax.random.key(0)
+  free = sampling.generate(SMALL, favoured, SEEDS, key, NUM_WORDS, 1.0, sampling.Decoding(mode))
+  assert np.mean(np.asarray(free.tokens) == 1) > 0.5
+  for decoding in (sampling.Decoding(mode, unknown_id=1),
+                   sampling.Decoding(mode, beam_width=2, unknown_id=1)):
+    banned = sampling.generate(SMALL, favoured, SEEDS, key, NUM_WORDS, 1.0, decoding)
+    assert not np.any(np.asarray(banned.tokens) == 1)

@@ -149,6 +149,11 @@ class Tokenizer:
     size = len(self.word_index) + 1
     return size if self.num_words is None else min(size, self.num_words)
 
+  @property
+  def unknown_id(self) -> int:
+    """The oov token's id; 0 (padding, never a word) when there is none."""
+    return self.word_index.get(self.oov_token, 0)
+
   def _keeps(self, index: int) -> bool:
     return self.num_words is None or index < self.num_words
 

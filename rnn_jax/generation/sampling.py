@@ -43,6 +43,7 @@ class Decoding:
   top_k: int = 0  # draw among the k likeliest words; 0 = among all
   top_p: float = 1.0  # draw among the fewest likeliest words holding this much probability
   beam_width: int = 1  # > 1: beam search for the likeliest continuation (nothing is drawn)
+  unknown_id: int = 0  # the vocabulary's unknown-word id, never drawn as padding never is
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -122,9 +123,10 @@ def _sequence_keys(key: jax.Array, batch: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=('model', 'num_words', 'decoding'))
 def _generate(model, params, prompts, keys, temperature, *, num_words, decoding) -> Generated:
-  # A bias of -inf keeps padding (id 0), which is never a word, out of every draw and beam.
-  params = {**params, 'logits': {**params['logits'],
-                                 'bias': params['logits']['bias'].at[0].set(-jnp.inf)}}
+  # A bias of -inf keeps padding (id 0), which is never a word, out of every draw and beam, and
+  # the unknown word, which stands for words the text would show.
+  bias = params['logits']['bias'].at[jnp.array([0, decoding.unknown_id])].set(-jnp.inf)
+  params = {**params, 'logits': {**params['logits'], 'bias': bias}}
   reader = _READERS[decoding.mode](model, params)
   if decoding.beam_width > 1:
     beam = functools.partial(_beam_search, reader, num_words=num_words, width=decoding.beam_width)

@@ -254,7 +254,7 @@ class Service:
         self.model, self.params, _stack([j.prompts for j in jobs], size, 0),
         _stack([j.keys for j in jobs], size, 0), num_words,
         _stack([j.temperatures for j in jobs], size, 1.0),
-        sampling.Decoding(self.mode, top_k, top_p))
+        sampling.Decoding(self.mode, top_k, top_p, unknown_id=self.tokenizer.unknown_id))
     ends = np.cumsum([len(job.temperatures) for job in jobs])
     return list(zip(np.split(np.asarray(generated.tokens)[:rows], ends[:-1]),
                     np.split(np.asarray(generated.log_probs)[:rows], ends[:-1])))
