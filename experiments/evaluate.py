@@ -1,6 +1,7 @@
 """Scores a trained run on its validation or test windows beside naive and n-gram baselines.
 
   python -m experiments.evaluate --workdir=DIR --split=test --checkpoint=best --ngram_order=4
+      [--mixture] [--cache] [--dynamic]
 
 Prints a table, then the figures as one JSON line (the last line of stdout).
 """
@@ -22,14 +23,19 @@ flags.DEFINE_integer('ngram_order', 4, 'Order of the Kneser-Ney baseline: it rea
 flags.DEFINE_bool('mixture', False, "Also score the model's distribution mixed with the "
                   "n-gram's, the mixing weight chosen on validation.")
 flags.DEFINE_bool('cache', False, 'Also score the model with a continuous cache over its own '
-                  'window (theta and weight chosen on validation).')
+                  'window (theta and weight chosen on validation), and the n-gram with the same '
+                  'cache, every earlier position weighing the same (weight chosen on validation).')
+flags.DEFINE_bool('dynamic', False, 'Also score the model adapting to the held-out text as it '
+                  'scores it (dynamic evaluation: an SGD step after each block of windows, on '
+                  'words already scored; its settings chosen on validation).')
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   results = evaluation.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
-                                    FLAGS.ngram_order, FLAGS.mixture, FLAGS.cache)
+                                    FLAGS.ngram_order, FLAGS.mixture, FLAGS.cache,
+                                    FLAGS.dynamic)
   print(evaluation.table(results))
   print(json.dumps(results))
 

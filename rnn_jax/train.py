@@ -173,8 +173,8 @@ def _start_or_resume(workdir: Path, config: Config, dataset: data.Dataset, resum
   state, progress = None, {'epoch': 0}
   if resume and checkpoints.has_run(workdir):
     _, saved_tokenizer = checkpoints.read_run(workdir)
-    if saved_tokenizer.word_index != dataset.tokenizer.word_index:
-      raise UserError(f'the data changed since the run in {workdir} began (another vocabulary)')
+    if saved_tokenizer.to_json() != dataset.tokenizer.to_json():
+      raise UserError(f'the data changed since the run in {workdir} began (other word counts)')
     checkpoints.write_config(workdir, config)
     restored = checkpoints.restore_latest(
         workdir, parallel.place(create_train_state(config, dataset.tokenizer.vocab_size)))

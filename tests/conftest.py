@@ -46,7 +46,9 @@ def corpus(tmp_path_factory) -> Path:
 
 def tiny_config(corpus: Path, cell: str = 'lstm', **train_fields) -> Config:
   return Config(
-      data=DataConfig(data=str(corpus), training_length=4, min_extra_words=0),
+      # Texts along one cycle of words share windows: as near-copies they would all be one group.
+      data=DataConfig(data=str(corpus), training_length=4, min_extra_words=0,
+                      near_copy_share=0.0),
       model=ModelConfig(embedding_dim=8, cell=cell, rnn_units=8, dense_units=16,
                         dense_dropout=0.1),
       train=TrainConfig(**dict(batch_size=64, max_epochs=3, learning_rate=0.03) | train_fields))
@@ -57,6 +59,18 @@ def flags_of(config: Config) -> list[str]:
   defaults = Config().flat()
   return [f'--{name}={value}' for name, value in config.flat().items()
           if value != defaults[name]]
+
+
+def reference_credit(scores, labels, k: int) -> np.ndarray:
+  """The top-k credit rule row by row in NumPy: clip((k - above) / tied, 0, 1), with `above` the
+  scores greater than the label's and `tied` those equal to it; 0 for a row holding a NaN."""
+  scores = np.asarray(scores, np.float64)
+  label_scores = np.take_along_axis(scores, np.asarray(labels)[..., None], axis=-1)
+  above = np.sum(scores > label_scores, axis=-1)
+  tied = np.sum(scores == label_scores, axis=-1)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    credit = np.clip((k - above) / tied, 0, 1)
+  return np.where(np.isnan(scores).any(axis=-1), 0.0, credit)
 
 
 def read_config(workdir: Path) -> dict:

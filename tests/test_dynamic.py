@@ -9,14 +9,19 @@ import pytest
 from rnn_jax import train
 from rnn_jax.corpus import data
 from rnn_jax.evaluation import dynamic
+from rnn_jax.evaluation import evaluate as evaluation
 from rnn_jax.training import metrics
 
 
-@pytest.fixture(scope='module')
-def run(trained_cell):
-  workdir, _ = trained_cell
+def loaded(workdir):
   config, _, model, params = train.load(workdir)
   return model, params, data.prepare(config)
+
+
+@pytest.fixture(scope='module')
+def run(trained):
+  """The LSTM run: what adapts is any model's params, through its own apply."""
+  return loaded(trained[0])
 
 
 def unlike_training(dataset, seed=0):
@@ -26,8 +31,8 @@ def unlike_training(dataset, seed=0):
   return data.make_windows([np.tile(pattern, 12)], dataset.valid.length)
 
 
-def test_with_no_step_it_is_static_evaluation(run):
-  model, params, dataset = run
+def test_with_no_step_it_is_static_evaluation(trained_cell):
+  model, params, dataset = loaded(trained_cell[0])
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optax.identity())
   static = metrics.evaluate(jax.jit(metrics.eval_step), state, dataset.valid, 64)
   scores = dynamic.score(model, params, dataset.valid, lr=0.0, decay=0.0)
@@ -76,3 +81,15 @@ def test_settings_are_chosen_on_validation(run, monkeypatch):
   assert (tuned['lr'], tuned['decay']) == min(losses, key=losses.get)
   assert tuned['valid']['loss'] == pytest.approx(min(losses.values()), rel=1e-6)
   assert tuned['test'] == dynamic.score(model, params, dataset.test, tuned['lr'], tuned['decay'])
+
+
+def test_evaluate_reports_it_beside_the_static_figures(trained, monkeypatch):
+  monkeypatch.setattr(dynamic, 'LRS', (0.0, 0.1))
+  workdir, _ = trained
+  results = evaluation.evaluate_run(workdir, 'test', dynamic=True)
+  config, _, model, params = train.load(workdir)
+  expected = dynamic.tune_and_score(model, params, data.prepare(config))
+  assert (results['dynamic_lr'], results['dynamic_decay']) == (expected['lr'], expected['decay'])
+  assert results['dynamic_loss'] == expected['test']['loss']
+  assert results['dynamic_top5_accuracy'] == expected['test']['top5_accuracy']
+  assert 'rnn-jax, dynamic' in evaluation.table(results).splitlines()[1]

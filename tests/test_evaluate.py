@@ -7,6 +7,8 @@ from pathlib import Path
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ from rnn_jax.evaluation import evaluate as evaluation
 from rnn_jax.model import ngram
 from rnn_jax.training import checkpoints
 
-from conftest import tiny_config
+from conftest import reference_credit, tiny_config
 
 REPO = Path(__file__).parents[1]
 REQUIRED_KEYS = {'loss', 'perplexity', 'accuracy', 'top5_accuracy', 'num_windows',
@@ -47,11 +49,10 @@ def hand_scores(workdir: Path, split: str) -> dict[str, float]:
   logits = np.asarray(model.apply({'params': params}, features, deterministic=True), np.float64)
   shifted = logits - logits.max(axis=1, keepdims=True)
   log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-  top5 = np.argsort(-logits, axis=1, kind='stable')[:, :5]
   loss = -log_probs[np.arange(len(labels)), labels].mean()
   return {'loss': loss, 'perplexity': math.exp(loss),
-          'accuracy': np.mean(logits.argmax(axis=1) == labels),
-          'top5_accuracy': np.mean((top5 == labels[:, None]).any(axis=1)),
+          'accuracy': np.mean(reference_credit(logits, labels, 1)),
+          'top5_accuracy': np.mean(reference_credit(logits, labels, 5)),
           'num_windows': len(labels)}
 
 
@@ -69,7 +70,10 @@ def test_trained_run_scores_as_computed_by_hand(trained, split):
 
 def test_untrained_run_scores_as_computed_by_hand(corpus, tmp_path):
   # Random params leave accuracy, top-5 and loss far apart, where the trained model is ~perfect.
-  workdir = untrained_run(tmp_path, tiny_config(corpus))
+  config = tiny_config(corpus)
+  # Every word its own id: with these random params, accuracy is neither 0 nor 1.
+  config = dataclasses.replace(config, data=dataclasses.replace(config.data, min_count=0))
+  workdir = untrained_run(tmp_path, config)
   scores = evaluation.evaluate_run(workdir, checkpoint='latest')
   expected = hand_scores(workdir, 'valid')
   assert 0 < expected['accuracy'] < expected['top5_accuracy'] < 1
@@ -145,7 +149,10 @@ def test_evaluate_run_refuses_a_run_whose_data_changed(corpus, tmp_path):
   copy = tmp_path / 'corpus.txt'
   copy.write_text(corpus.read_text())
   workdir = untrained_run(tmp_path / 'run', tiny_config(copy))
-  copy.write_text(corpus.read_text() + '\nomega ' * 10)
+  # A text too short to keep changes nothing; a kept one moves the split, wherever it lands.
+  copy.write_text(corpus.read_text() + '\nomega' * 10)
+  assert evaluation.evaluate_run(workdir)['loss'] > 0
+  copy.write_text(corpus.read_text() + '\n' + 'omega ' * 10)
   with pytest.raises(UserError, match='the data changed since the run'):
     evaluation.evaluate_run(workdir)
 
@@ -205,3 +212,21 @@ def test_mixture_ends_are_the_model_and_the_ngram_and_its_weight_is_the_best_on_
   assert alone['mixture_weight'] == round(evaluation.WEIGHTS[best], 2)
   assert alone['mixture_loss'] == pytest.approx(scores['loss'][best], rel=1e-6)
   assert alone['mixture_loss'] <= min(alone['loss'], alone['kneser_ney_loss']) + 1e-6
+
+
+def test_a_tie_in_the_mixture_shares_its_credit(trained):
+  # Zero params make the model uniform over every id; the n-gram rates the label and one other
+  # word alike, above the rest.
+  workdir, _ = trained
+  config, _, model, params = train.load(workdir)
+  features, labels = data.prepare(config).valid.take(np.arange(8))
+  vocab = model.vocab_size
+  ngram_probs = np.full((8, vocab), 1.0, np.float32)
+  ngram_probs[:, 0] = 0
+  ngram_probs[np.arange(8), labels] = ngram_probs[np.arange(8), labels % (vocab - 1) + 1] = 4
+  ngram_probs /= ngram_probs.sum(axis=1, keepdims=True)
+  flat = jax.tree.map(jnp.zeros_like, params)
+  _, credit = evaluation._mixture_sums(model, flat, features, labels, ngram_probs,
+                                       evaluation.WEIGHTS)
+  np.testing.assert_allclose(credit[:-1], 8 * 0.5, rtol=1e-6)  # any share of the n-gram
+  np.testing.assert_allclose(credit[-1], 8 / vocab, rtol=1e-6)  # the model alone

@@ -147,7 +147,9 @@ def test_the_first_signal_asks_to_stop_and_a_second_one_stops_at_once():
 
 def all_finite(workdir: Path, step: int, corpus: Path) -> bool:
   manager = checkpoints.manager(workdir)
-  state, _ = checkpoints.restore(manager, step, train.create_train_state(tiny_config(corpus), 9))
+  _, tokenizer = checkpoints.read_run(workdir)
+  state, _ = checkpoints.restore(manager, step,
+                                 train.create_train_state(tiny_config(corpus), tokenizer.vocab_size))
   manager.close()
   return all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state))
 

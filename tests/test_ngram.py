@@ -9,6 +9,8 @@ import pytest
 from rnn_jax.errors import UserError
 from rnn_jax.model import ngram
 
+from conftest import reference_credit
+
 D = 0.75
 # Word ids 1..5 (5 never occurs); id 0 pads the contexts.
 TINY = [[1, 2, 3], [1, 2, 4], [2, 3]]
@@ -125,7 +127,7 @@ def test_score_matches_log_probs():
   contexts, labels = ngram.events(random_corpus(rng, vocab_size, 5), 3)
   log_probs = model.log_probs(contexts)
   expected = {'loss': -log_probs[np.arange(len(labels)), labels].astype(np.float64).mean(),
-              'accuracy': np.mean(log_probs.argmax(axis=1) == labels),
+              'accuracy': np.mean(reference_credit(log_probs, labels, 1)),
               'num_windows': len(labels)}
   scores = model.score(contexts, labels)
   assert scores == pytest.approx(expected, rel=1e-6)
@@ -133,6 +135,18 @@ def test_score_matches_log_probs():
   assert model.score(contexts, labels, batch_size=3) == scores
   assert all(type(scores[k]) is t for k, t in [('loss', float), ('accuracy', float),
                                                ('num_windows', int)])
+
+
+def test_a_tie_shares_its_credit_and_padding_is_never_tied():
+  # Unigrams: 1 and 2 seen once each, 3 only through the uniform share.
+  unigram = fit([[1, 2]], 1, 4)
+  no_context = np.zeros((3, 0), np.int32)
+  assert unigram.score(no_context[:2], np.array([1, 2]))['accuracy'] == 0.5
+  assert unigram.score(no_context[:1], np.array([3]))['accuracy'] == 0
+  # Every word seen as often: a flat guess over ids 1..3, id 0 (padding) having no probability.
+  flat = fit([[1, 2, 3]], 1, 4)
+  assert flat.score(no_context, np.array([1, 2, 3]))['accuracy'] == pytest.approx(1 / 3)
+  assert flat.score(no_context[:1], np.array([2]))['accuracy'] == pytest.approx(1 / 3)
 
 
 def test_trigrams_learn_a_pattern_bigrams_cannot():

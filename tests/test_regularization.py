@@ -124,7 +124,7 @@ def test_cutting_the_learning_rate_scales_the_next_adam_step():
 
 def test_a_run_cuts_its_rate_after_each_epoch_without_improvement(corpus, tmp_path):
   # An improvement must be 0.05 nats: late epochs fall short.
-  config = tiny_config(corpus, lr_plateau_factor=0.5, max_epochs=8, patience=8, min_delta=0.05)
+  config = tiny_config(corpus, lr_plateau_factor=0.5, max_epochs=5, patience=5, min_delta=0.05)
   train.train_and_evaluate(config, tmp_path)
   records = read_metrics(tmp_path)
   best, cuts = np.inf, 0

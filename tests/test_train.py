@@ -15,9 +15,10 @@ from rnn_jax.configs import Config, ModelConfig, TrainConfig
 from rnn_jax.corpus import data
 from rnn_jax.errors import UserError
 from rnn_jax.training import checkpoints
+from rnn_jax.model import credit
 from rnn_jax.training import metrics
 
-from conftest import CYCLE, read_config, read_metrics, tiny_config
+from conftest import CYCLE, read_config, read_metrics, reference_credit, tiny_config
 
 REPO = Path(__file__).parents[1]
 
@@ -47,7 +48,7 @@ def test_best_checkpoint_restores_to_the_same_predictions(trained):
   log_probs = jax.nn.log_softmax(logits)
   loss = -jnp.take_along_axis(log_probs, labels[:, None], axis=1).mean()
   assert float(loss) == pytest.approx(best['val_loss'], rel=1e-5)
-  assert tokenizer.vocab_size == len(CYCLE) + 1
+  assert tokenizer.vocab_size == len(CYCLE) + 2  # padding, the unknown word and the cycle's
 
 
 def test_resume_continues_exactly_where_the_run_stopped(corpus, trained_cell, tmp_path):
@@ -119,15 +120,40 @@ def test_batch_metrics_match_numpy():
   assert float(sums['count']) == 4
 
 
-def test_ties_do_not_lower_the_rank_and_non_finite_logits_never_count_as_correct():
-  logits = jnp.array([[1.0, 3.0, 3.0, 0.0],  # a tie with the label's logit: still the top guess
-                      [1e-30, 0.0, -1e30, 2e-30],  # tiny gaps and a huge one
-                      [jnp.nan, 1.0, 0.0, 0.0],  # a NaN elsewhere
-                      [jnp.inf, 1.0, 0.0, 0.0]])  # an infinite logit above the label
-  labels = jnp.array([1, 0, 1, 1])
-  sums = metrics.batch_metrics(logits, labels, jnp.ones(4), jnp.zeros(4))
-  assert float(sums['accuracy']) == 1  # only the first row: the second has 2e-30 above
-  assert float(sums['top5_accuracy']) == 3  # every row but the NaN one
+def test_a_tie_shares_its_credit_and_non_finite_logits_never_count_as_correct():
+  logits = jnp.array([[1.0, 3.0, 3.0, 0.0, 0.0, 0.0],  # a tie of 2 at the top: half a hit
+                      [1e-30, 0.0, -1e30, 2e-30, 0.0, 0.0],  # tiny gaps and a huge one
+                      [jnp.nan, 1.0, 0.0, 0.0, 0.0, 0.0],  # a NaN elsewhere
+                      [jnp.inf, 1.0, 0.0, 0.0, 0.0, 0.0],  # an infinite logit above the label
+                      [6.0, 5.0, 4.0, 3.0, 1.0, 1.0]])  # 4 above, the 5th place shared by 2
+  labels = jnp.array([1, 0, 1, 1, 5])
+  sums = metrics.batch_metrics(logits, labels, jnp.ones(5), jnp.zeros(5))
+  assert float(sums['accuracy']) == 0.5  # only the tie: the second row has 2e-30 above
+  assert float(sums['top5_accuracy']) == 1 + 1 + 0 + 1 + 0.5  # the NaN row earns nothing
+
+
+@pytest.mark.parametrize('vocab', [16, 10])
+def test_constant_logits_earn_chance_and_no_more(vocab):
+  labels = jnp.arange(1, 9) % vocab
+  sums = metrics.batch_metrics(jnp.zeros((8, vocab)), labels, jnp.ones(8), jnp.zeros(8))
+  # 1/16 and 5/16 are exact in float32; 1/10 is not.
+  assert float(sums['accuracy']) == pytest.approx(8 / vocab, rel=1e-6, abs=0)
+  assert float(sums['top5_accuracy']) == pytest.approx(8 * 5 / vocab, rel=1e-6, abs=0)
+  if vocab == 16:
+    assert (float(sums['accuracy']), float(sums['top5_accuracy'])) == (0.5, 2.5)
+
+
+@pytest.mark.parametrize('k', [1, 5])
+def test_top_k_credit_matches_numpy_where_ties_are_many(k):
+  rng = np.random.default_rng(k)
+  scores = rng.integers(0, 4, size=(3, 100, 40)).astype(np.float32)  # time, batch, vocab
+  scores[0, 0] = 2  # all tied
+  labels = rng.integers(0, 40, size=(3, 100))
+  expected = reference_credit(scores, labels, k)
+  assert 0 < np.mean(expected) < 1 and len(np.unique(expected)) > 3  # partial credits
+  np.testing.assert_allclose(credit.top_k_credit(scores, labels, k), expected, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(credit.top_k_credit)(jnp.asarray(scores), labels, k),
+                             expected, rtol=1e-6)
 
 
 def test_frozen_embeddings_keep_the_given_matrix(corpus):

@@ -213,8 +213,10 @@ def prepare(config: Config) -> Dataset:
 
 
 def _check_vocabulary(tokenizer: text.Tokenizer, config: DataConfig):
-  if tokenizer.vocab_size < 3:  # padding and one word: the next word is always that word
-    words = [repr(w) for w, i in tokenizer.word_index.items() if i < tokenizer.vocab_size]
+  # One word (and perhaps the unknown word): the next word is always that word.
+  words = [repr(w) for w, i in tokenizer.word_index.items()
+           if i < tokenizer.vocab_size and w != tokenizer.oov_token]
+  if len(words) < 2:
     raise UserError(f'the vocabulary holds {len(words)} word(s) {" ".join(words)}: nothing to '
                     'predict; use texts with more words' + (' or a larger --num_words'
                                                            if config.num_words else '')

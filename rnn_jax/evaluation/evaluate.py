@@ -7,7 +7,6 @@ model that reads the last order-1 tokens of each window.
 """
 
 import functools
-import math
 from pathlib import Path
 import time
 from typing import Any
@@ -15,7 +14,6 @@ from typing import Any
 from absl import logging
 from flax.training import train_state
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -23,6 +21,7 @@ from rnn_jax import train
 from rnn_jax.corpus import data
 from rnn_jax.errors import UserError
 from rnn_jax.evaluation import cache as continuous_cache
+from rnn_jax.evaluation import dynamic as dynamic_evaluation
 from rnn_jax.model import ngram
 from rnn_jax.model.word_rnn import WordRNN
 from rnn_jax.training import checkpoints
@@ -31,12 +30,12 @@ from rnn_jax.training import metrics
 BATCH_SIZE = 2048  # windows per jitted evaluation step, the last batch padded
 PROGRESS_EVERY = 5  # batches between progress lines; each line waits for the device
 WEIGHTS = np.linspace(0, 1, 21)  # the model's share in a mixture with the n-gram, tried on valid
-MIXTURE_BATCH = 1024  # windows per mixture step: two f32[batch, vocab] distributions at a time
+MIXTURE_BATCH = 1024  # windows per mixture step: two f32[batch, vocab] distributions and a mix
 
 
 def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'best',
                  ngram_order: int = ngram.ORDER, mixture: bool = False,
-                 cache: bool = False) -> dict[str, Any]:
+                 cache: bool = False, dynamic: bool = False) -> dict[str, Any]:
   """Scores a run's checkpoint on one split, rebuilt from the work dir alone.
 
   Returns a flat dict: what was scored (split, checkpoint, epoch, workdir, num_windows), the
@@ -44,7 +43,10 @@ def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'b
   Kneser-Ney baseline (ngram_order, kneser_ney_*); with `mixture`, the model mixed with the
   n-gram (`interpolate`: mixture_weight, mixture_loss, mixture_accuracy); with `cache`, the
   model with a continuous cache over its window (`evaluation.cache`: cache_theta, cache_weight,
-  cache_loss, cache_accuracy).
+  cache_loss, cache_accuracy) and the Kneser-Ney baseline with the same cache at theta 0
+  (ngram_cache_weight, ngram_cache_loss, ngram_cache_accuracy); with `dynamic`, the model
+  adapting to the held-out text as it scores it (`evaluation.dynamic`: dynamic_lr,
+  dynamic_decay, dynamic_loss, dynamic_accuracy, dynamic_top5_accuracy).
   """
   if split not in ('valid', 'test'):
     raise UserError(f"split: 'valid' or 'test', not {split!r}")
@@ -52,9 +54,11 @@ def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'b
   ngram.check_order(ngram_order, config.data.training_length)
   dataset = data.prepare(config)
   # The same config and seed give the same split only from the same texts.
-  if dataset.tokenizer.word_index != tokenizer.word_index:
-    raise UserError(f'the data changed since the run in {workdir} was trained (another '
-                    'vocabulary), so its windows cannot be rebuilt')
+  # The tokenizer holds the word counts of the texts it was fitted on (the training texts, under
+  # split 'abstracts'): another text anywhere moves the split, and so those counts.
+  if dataset.tokenizer.to_json() != tokenizer.to_json():
+    raise UserError(f'the data changed since the run in {workdir} was trained (other word '
+                    'counts), so its windows cannot be rebuilt')
   windows = getattr(dataset, split)
   if not len(windows):
     raise UserError(f'the run in {workdir} has no {split} windows (its train and validation '
@@ -77,6 +81,13 @@ def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'b
     cached = continuous_cache.tune_and_score(model, params, dataset)
     results |= {'cache_theta': cached['theta'], 'cache_weight': cached['weight'],
                 'cache_loss': cached[split]['loss'], 'cache_accuracy': cached[split]['accuracy']}
+    cached = continuous_cache.ngram_tune_and_score(dataset, ngram_order)
+    results |= {'ngram_cache_weight': cached['weight'], 'ngram_cache_loss': cached[split]['loss'],
+                'ngram_cache_accuracy': cached[split]['accuracy']}
+  if dynamic:
+    adapted = dynamic_evaluation.tune_and_score(model, params, dataset)
+    results |= {'dynamic_lr': adapted['lr'], 'dynamic_decay': adapted['decay']} | {
+        f'dynamic_{name}': value for name, value in adapted[split].items()}
   return results
 
 
@@ -123,16 +134,9 @@ def _mixture_scores(model, params, kneser_ney: ngram.KneserNey, windows: data.Wi
 
 @functools.partial(jax.jit, static_argnames='model')
 def _mixture_sums(model, params, features, labels, ngram_probs, weights):
+  """Summed loss and top-1 credit, each f32[weights], at each of the model's `weights`."""
   model_probs = jax.nn.softmax(model.apply({'params': params}, features, deterministic=True))
-
-  def sums(weight):
-    mixture = weight * model_probs + (1 - weight) * ngram_probs
-    label_probs = jnp.take_along_axis(mixture, labels[:, None], axis=-1)[:, 0]
-    # Correct where nothing is likelier than the label (ties count, as in metrics.batch_metrics);
-    # a max runs far faster than an argmax on a CPU.
-    return -jnp.sum(jnp.log(label_probs)), jnp.sum(label_probs >= jnp.max(mixture, axis=-1))
-
-  return jax.lax.map(sums, weights)
+  return metrics.mixture_sums(ngram_probs, model_probs, labels, weights)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -146,6 +150,11 @@ def table(results: dict[str, Any]) -> str:
   }
   if 'cache_loss' in results:
     columns['rnn-jax + cache'] = (results['cache_loss'], results['cache_accuracy'], None)
+    columns[f'Kneser-Ney {results["ngram_order"]}-gram + cache'] = (
+        results['ngram_cache_loss'], results['ngram_cache_accuracy'], None)
+  if 'dynamic_loss' in results:
+    columns['rnn-jax, dynamic'] = (results['dynamic_loss'], results['dynamic_accuracy'],
+                                   results['dynamic_top5_accuracy'])
   if 'mixture_loss' in results:
     columns[f'mixed ({results["mixture_weight"]:.2f} rnn-jax)'] = (
         results['mixture_loss'], results['mixture_accuracy'], None)

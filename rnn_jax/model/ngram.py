@@ -19,6 +19,7 @@ import numpy as np
 
 from rnn_jax.corpus import data
 from rnn_jax.errors import UserError
+from rnn_jax.model import credit
 
 ORDER = 4  # the baseline's order: it reads the last 3 words
 DISCOUNT = 0.75  # the baseline's absolute discount
@@ -108,7 +109,7 @@ class KneserNey:
 
   def score(self, contexts: np.ndarray, labels: np.ndarray,
             batch_size: int = 1024) -> dict[str, float]:
-    """Mean loss (-log p(label)) and next-word accuracy over (contexts, labels) events.
+    """Mean loss (-log p(label)) and next-word accuracy (`credit.top_k_credit`) over events.
 
     Args:
       contexts: int[n, order-1], e.g. the last order-1 tokens of each window.
@@ -121,14 +122,14 @@ class KneserNey:
       raise UserError('no events to score')
     if batch_size < 1:
       raise UserError(f'batch_size must be >= 1, got {batch_size}')
-    loss, correct = 0.0, 0
+    loss, correct = 0.0, 0.0
     for start in range(0, len(labels), batch_size):
       probs = self._probs(contexts[start:start + batch_size])
       chunk = labels[start:start + batch_size]
-      # The argmax of the probabilities is that of log_probs: only the labels need a log.
+      # The probabilities rank the words as log_probs do: only the labels need a log.
       loss -= np.log(probs[np.arange(len(chunk)), chunk]).sum(dtype=np.float64)
-      correct += int(np.count_nonzero(probs.argmax(axis=1) == chunk))
-    return {'loss': float(loss / len(labels)), 'accuracy': correct / len(labels),
+      correct += np.asarray(credit.top_k_credit(probs, chunk, 1)).sum(dtype=np.float64)
+    return {'loss': float(loss / len(labels)), 'accuracy': float(correct / len(labels)),
             'num_windows': len(labels)}
 
   def _probs(self, contexts: np.ndarray) -> np.ndarray:

@@ -17,8 +17,10 @@ import optax
 
 from rnn_jax.configs import Config
 from rnn_jax.corpus import data
+from rnn_jax.model import credit
 from rnn_jax.model import ngram
 from rnn_jax.training import checkpoints
+from rnn_jax.training import optimizer
 from rnn_jax.training.parallel import Parallel
 
 Metrics = dict[str, jax.Array]  # sums over windows, plus their 'count'
@@ -29,38 +31,24 @@ def batch_metrics(logits: jax.Array, labels: jax.Array, weights: jax.Array,
                   losses: jax.Array) -> Metrics:
   """Sums over a batch; logits: f32[*labels.shape, vocab], labels: int32[...], weights: f32[...]."""
   return {'loss': jnp.sum(losses * weights),
-          'accuracy': jnp.sum(top_k_credit(logits, labels, 1) * weights),
-          'top5_accuracy': jnp.sum(top_k_credit(logits, labels, 5) * weights),
+          'accuracy': jnp.sum(credit.top_k_credit(logits, labels, 1) * weights),
+          'top5_accuracy': jnp.sum(credit.top_k_credit(logits, labels, 5) * weights),
           'count': jnp.sum(weights)}
 
 
-@jax.jit
-def top_k_credit(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """How much each row's label counts as one of its k best guesses: f32[*labels.shape] in [0, 1].
+def mixture_sums(p: jax.Array, q: jax.Array, labels: jax.Array,
+                 weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Summed loss and top-1 credit of the mixture (1 - weight) p + weight q at each of `weights`.
 
-  scores: f32[*labels.shape, vocab] (logits, probabilities: any order-preserving score), labels:
-  int[...]. With `above` scores strictly greater than the label's and `tied` equal to it (the
-  label's own included), the credit is clip((k - above) / tied, 0, 1): the places left after
-  the scores above are shared by the tied ones, as a random pick among them would share them, so
-  a tie of n at the top is worth 1/n, and a guess that rates every word the same earns no more.
-  A row with a NaN score earns nothing.
+  p, q: f32[batch, vocab] distributions, labels: int32[batch], weights: f32[w]; returns f32[w]
+  each. One mixture is built at a time.
   """
-  scores = jnp.asarray(scores, jnp.float32)
-  vocab = scores.shape[-1]
-  label_scores = jnp.take_along_axis(scores, jnp.asarray(labels)[..., None], axis=-1)
-  # One reduction counts both: each score above the label's adds 1, each one below -1/spread,
-  # so the sum is above - below / spread, and spread, a power of two >= vocab, keeps it exact
-  # while k * spread <= 2^24 (up to 2^21 ids at k = 5). Written as max, multiply and min rather
-  # than comparisons, XLA's CPU backend fuses it into one fast reduction (8x faster); a gap
-  # under 2^-126 * spread counts partly. A NaN score makes the sum NaN.
-  spread = 2.0 ** math.ceil(math.log2(vocab))
-  tiny = float(np.finfo(np.float32).tiny)
-  signed = jnp.sum(jnp.minimum(jnp.maximum(scores - label_scores, -tiny) * (1 / (spread * tiny)),
-                               1.0), axis=-1)
-  above = jnp.ceil(signed)
-  tied = vocab - above - (above - signed) * spread
-  credit = jnp.minimum(jnp.maximum(k - above, 0.0) / tied, 1.0)
-  return jnp.where(credit > 0, credit, 0.0)  # a NaN credit is none
+  def sums(weight):
+    mixture = (1 - weight) * p + weight * q
+    label_probs = jnp.take_along_axis(mixture, labels[:, None], axis=1)[:, 0]
+    return -jnp.sum(jnp.log(label_probs)), jnp.sum(credit.top_k_credit(mixture, labels, 1))
+
+  return jax.lax.map(sums, weights)
 
 
 def eval_step(state: train_state.TrainState, batch: tuple[jax.Array, ...]) -> Metrics:
@@ -123,6 +111,7 @@ def final_evaluation(workdir: Path, manager, state, dataset: data.Dataset, eval_
   `state` gives the structure (and placement) to restore into."""
   step = manager.best_step()
   state, progress = checkpoints.restore(manager, step, state)
+  state = optimizer.for_evaluation(state)
   best = progress['epoch']
   results = {'best_epoch': best}
   for name, windows in (('valid', dataset.valid), ('test', dataset.test)):
