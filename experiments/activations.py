@@ -50,8 +50,7 @@ def main(argv):
   print(top_units_text(words, states, masked, FLAGS.top_units,
                        layer_name(config.model)))
   if seed.unknown:
-    fate = f'read as {tokenizer.oov_token}' if tokenizer.oov_token else 'left out'
-    print(f'(not in the vocabulary, {fate}: {", ".join(seed.unknown)})')
+    print(f'(not in the vocabulary, left out: {", ".join(seed.unknown)})')
   if new_figure:
     print(f'Wrote {draw_heatmap(new_figure, words, states, out)}')
 

@@ -59,7 +59,7 @@ def main(argv):
       model, params, seed_list, config.data.training_length, jax.random.key(FLAGS.rng_seed),
       FLAGS.num_words, FLAGS.temperature, decoding, FLAGS.num_samples)
   records = _records(seed_list, generated, tokenizer, beam=FLAGS.beam_width > 1)
-  _print(records, 'read as ' + tokenizer.oov_token if tokenizer.oov_token else 'left out')
+  _print(records, 'left out')
   if FLAGS.output:
     _write_jsonl(Path(FLAGS.output), records)
 

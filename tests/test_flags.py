@@ -50,7 +50,7 @@ def test_a_nested_flagfile_works_from_another_directory(tmp_path):
 
 def test_prepare_reads_a_training_flagfile_with_flags_only_training_knows(tmp_path):
   data_file = tmp_path / 'docs.txt'
-  lines = (' '.join(f'w{(i * j) % 11}' for j in range(60)) for i in range(20))
+  lines = (' '.join(f'w{(i * j) % 11}' for j in range(90)) for i in range(20))
   data_file.write_text('\n'.join(lines))
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.prepare', '--flagfile=quickstart.flags',

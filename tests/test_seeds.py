@@ -37,12 +37,15 @@ def test_from_text_reports_unknown_words_once_in_order_and_drops_them():
   assert seed.unknown == ['zebra', 'yak']
 
 
-def test_from_text_reads_unknown_words_as_the_oov_token():
+def test_from_text_leaves_unknown_words_out_also_with_an_oov_token():
   tokenizer = fitted(oov_token='<oov>')
   assert tokenizer.word_index['<oov>'] == 1
   seed = seeds.from_text('the zebra cat yak', tokenizer)
-  assert seed.tokens == [tokenizer.word_index['the'], 1, tokenizer.word_index['cat'], 1]
+  # The model reads what the user typed and it knows, as it writes only words it knows.
+  assert seed.tokens == [tokenizer.word_index['the'], tokenizer.word_index['cat']]
   assert seed.unknown == ['zebra', 'yak']
+  with pytest.raises(UserError, match='leaves no word to start from'):
+    seeds.from_text('zebra yak', tokenizer)
 
 
 def test_from_text_reports_words_outside_num_words():

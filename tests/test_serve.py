@@ -120,7 +120,7 @@ def test_health_names_the_model_vocabulary_and_checkpoint(client, trained_cell):
   health = client.get('/api/health').json()
   assert health['status'] == 'ok' and health['model'] == 'WordRNN'
   assert health['cell'] == health['model_config']['cell'] == read_config(workdir)['cell']
-  assert health['vocab_size'] == len(CYCLE) + 1
+  assert health['vocab_size'] == len(CYCLE) + 2  # padding, the unknown word and the cycle's
   assert health['checkpoint'] == 'best'
   assert str(health['checkpoint_step']) in {p.name for p in (workdir / 'checkpoints').iterdir()}
   assert health['limits']['max_words'] == 16 and health['limits']['batch_sizes'] == [1, 4]

@@ -15,14 +15,17 @@ MIN_ACTUAL_WORDS = 10
 @dataclasses.dataclass(frozen=True)
 class Seed:
   tokens: list[int]  # token ids the generator reads
-  unknown: list[str]  # words of the user's text without an id (dropped or read as the oov token)
+  unknown: list[str]  # words of the user's text without an id of their own: left out
   actual: list[int] | None = None  # the corpus's real continuation, for random passages
 
 
 def from_text(seed_text: str, tokenizer: text.Tokenizer) -> Seed:
   """Cleans and tokenizes the user's text as the training texts were."""
   cleaned = text.clean(seed_text, tokenizer.char_level)
-  tokens = tokenizer.texts_to_sequences([cleaned])[0]
+  # Words the vocabulary lacks are left out, not read as the unknown word: what the user typed
+  # is what the model reads, as generation never writes the unknown word either.
+  tokens = [t for t in tokenizer.texts_to_sequences([cleaned])[0]
+            if not tokenizer.oov_token or t != tokenizer.unknown_id]
   unknown = tokenizer.unknown_words(cleaned)
   if not tokens:
     detail = f' (not in the vocabulary: {", ".join(unknown)})' if unknown else ''

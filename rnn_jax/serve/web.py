@@ -127,8 +127,6 @@ class _Pages:
   def __init__(self, service: serving.Service):
     self._service = service
     self._rounds: collections.OrderedDict[str, game.Round] = collections.OrderedDict()
-    tokenizer = service.tokenizer
-    self._unknown_fate = f'read as {tokenizer.oov_token}' if tokenizer.oov_token else 'left out'
 
   async def generate(self, request: Request) -> Response:
     query = request.query_params
@@ -228,7 +226,7 @@ class _Pages:
 
   def _continuations(self, continuations: serving.Continuations) -> str:
     tail = _e(' '.join(continuations.seed.split()[-SEED_TAIL_WORDS:]))
-    unknown = (f'<p class="unknown">Not in the vocabulary, {self._unknown_fate}: '
+    unknown = (f'<p class="unknown">Not in the vocabulary, left out: '
                f'{_e(", ".join(continuations.unknown_words))}</p>'
                if continuations.unknown_words else '')
     samples = ''.join(
