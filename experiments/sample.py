@@ -59,7 +59,7 @@ def main(argv):
       model, params, seed_list, config.data.training_length, jax.random.key(FLAGS.rng_seed),
       FLAGS.num_words, FLAGS.temperature, decoding, FLAGS.num_samples)
   records = _records(seed_list, generated, tokenizer, beam=FLAGS.beam_width > 1)
-  _print(records, 'left out')
+  _print(records)
   if FLAGS.output:
     _write_jsonl(Path(FLAGS.output), records)
 
@@ -92,13 +92,13 @@ def _records(seed_list, generated, tokenizer, *, beam: bool) -> list[dict]:
   return records
 
 
-def _print(records: list[dict], unknown_fate: str):
+def _print(records: list[dict]):
   how = 'beam search' if FLAGS.beam_width > 1 else f'temperature {FLAGS.temperature:g}'
   for record in records:
     if record['sample_index'] == 0:
       print(f'\nSeed {record["seed_index"] + 1}: {record["seed"]}')
       if 'unknown_words' in record:
-        print(f'  (not in the vocabulary, {unknown_fate}: {", ".join(record["unknown_words"])})')
+        print(f'  (not in the vocabulary, left out: {", ".join(record["unknown_words"])})')
       tail = '... ' + ' '.join(record['seed'].split()[-SEED_TAIL_WORDS:]) + ' ||'
     print(f'  generated ({how}, {FLAGS.mode}, mean log-prob {record["mean_logprob"]:.2f}):\n'
           f'    {tail} {record["generated"]}')

@@ -144,10 +144,13 @@ def _near_copies_by_brute_force(sequences, length, share):
 def test_near_copies_match_a_brute_force_reference(seed):
   rng = np.random.default_rng(seed)
   sequences = [rng.integers(1, 4, rng.integers(4, 15)) for _ in range(25)]  # a 3-word language
+  windows = data.make_windows(sequences, 3)
+  owner = np.repeat(np.arange(len(sequences)), [len(s) - 3 for s in sequences])
+  near_copies = lambda share: overlap.near_copies(windows.tokens, windows.starts, owner, 3, share)
   for share in (0.3, 0.6, 1.0):
-    found = overlap.near_copies(sequences, 3, share)
-    assert sorted(map(tuple, found)) == _near_copies_by_brute_force(sequences, 3, share)
-  assert overlap.near_copies(sequences, 3, 0.3)  # the case is not empty
+    assert sorted(map(tuple, near_copies(share))) == _near_copies_by_brute_force(sequences, 3,
+                                                                                 share)
+  assert near_copies(0.3)  # the case is not empty
 
 
 def test_near_copies_stay_in_one_set(tmp_path):

@@ -182,11 +182,12 @@ def prepare(config: Config) -> Dataset:
                     '(training_length + min_extra_words); use a longer text or lower '
                     '--training_length or --min_extra_words')
   rng = np.random.default_rng(config.seed)
-  near = (overlap.near_copies([sequences[g[0]] for g in _copies(sequences).values()],
-                              data_config.training_length, data_config.near_copy_share)
+  # Copies are told by every word, before the vocabulary could make two texts alike.
+  copies = [] if stream else list(_copies(sequences).values())
+  near = (_near_copies([sequences[c[0]] for c in copies], data_config)
           if data_config.split == 'abstracts' and data_config.near_copy_share and not stream
           else [])
-  split_parts = _splitter(sequences, near, data_config, rng)
+  split_parts = _splitter(sequences, copies, near, data_config, rng)
   training = split_parts(sequences)[0]
   if data_config.min_count and sum(map(len, training)):
     tokenizer, new_ids = fit_vocabulary(data_config, tokenizer, training)
@@ -200,7 +201,7 @@ def prepare(config: Config) -> Dataset:
     train, valid, test = [windows.subset(part)
                           for part in _split(len(windows), data_config, rng)]
     train_texts, valid_texts = None, sequences
-  duplicates = 0 if stream else len(sequences) - len(_copies(sequences))
+  duplicates = 0 if stream else len(sequences) - len(copies)
   if not len(train) or not len(valid):
     raise UserError((f'the text\'s {len(sequences[0]):,} {unit} are' if stream else
                      f'{len(sequences)} kept texts ({len(sequences) - duplicates} distinct) are')
@@ -237,15 +238,15 @@ def _copies(sequences: list[np.ndarray]) -> dict[bytes, list[int]]:
   return copies
 
 
-def _splitter(sequences: list[np.ndarray], near: list[list[int]], config: DataConfig,
-              rng: np.random.Generator):
+def _splitter(sequences: list[np.ndarray], copies: list[list[int]], near: list[list[int]],
+              config: DataConfig, rng: np.random.Generator):
   """What cuts the texts (or a copy of their ids) into train, validation and test texts.
 
   Split 'windows' cuts later, windows rather than texts: its first part holds every text, which
   its vocabulary comes from. A stream is cut in three where the fractions say, into views.
   Otherwise the texts are shuffled in groups: the corpus repeats some abstracts word for word,
   and others nearly, and copies of a text stay in one set, as do `near`-copies (groups of
-  indices among the distinct texts). Training keeps every copy, as the corpus has them;
+  indices into `copies`, the indices of each distinct text's copies). Training keeps every copy, as the corpus has them;
   validation and test hold each distinct text once.
   """
   if config.split == 'windows':
@@ -253,7 +254,6 @@ def _splitter(sequences: list[np.ndarray], near: list[list[int]], config: DataCo
   if config.txt_mode == 'stream':
     cuts = _cuts(len(sequences[0]), config)
     return lambda sequences: [[part] for part in np.split(sequences[0], cuts)]
-  copies = list(_copies(sequences).values())
   grouped = {i for group in near for i in group}
   groups = [[copies[i] for i in group] for group in near] + [
       [copies[i]] for i in range(len(copies)) if i not in grouped]
@@ -281,6 +281,13 @@ def leakage(dataset: 'Dataset') -> dict[str, float]:
 
   return {'valid_windows_in_train': round(share(dataset.valid), 4),
           'test_windows_in_train': round(share(dataset.test), 4)}
+
+
+def _near_copies(distinct: list[np.ndarray], config: DataConfig) -> list[list[int]]:
+  windows = make_windows(distinct, config.training_length)
+  owner = np.repeat(np.arange(len(distinct)), [len(s) - windows.length for s in distinct])
+  return overlap.near_copies(windows.tokens, windows.starts, owner, windows.length,
+                             config.near_copy_share)
 
 
 def _window_hashes(windows: Windows) -> np.ndarray:

@@ -25,26 +25,23 @@ def window_hashes(tokens: np.ndarray, starts: np.ndarray, length: int,
   return hashes
 
 
-def near_copies(sequences: list[np.ndarray], length: int, share: float) -> list[list[int]]:
-  """Groups of texts that are near-copies, each group's indices in ascending order.
+def near_copies(tokens: np.ndarray, starts: np.ndarray, owner: np.ndarray, length: int,
+                share: float) -> list[list[int]]:
+  """Groups of texts that are near-copies, each group's text indices in ascending order.
 
-  Text a is a near-copy of text b when at least `share` of a's distinct windows of `length`
-  tokens (and their label) are windows of b too; near-copies of near-copies join one group.
-  Texts with no near-copy are left out.
+  The windows of `length` tokens (and their label) at `starts` of `tokens` belong to the texts
+  `owner` names (int[num_windows], every text owning at least one). Text a is a near-copy of
+  text b when at least `share` of a's distinct windows are windows of b too; near-copies of
+  near-copies join one group. Texts with no near-copy are left out.
   """
-  lengths = np.array([len(s) for s in sequences], np.int64)
-  counts = np.maximum(lengths - length, 0)
-  owner = np.repeat(np.arange(len(sequences)), counts)
-  starts = np.repeat(np.cumsum(lengths) - lengths, counts) + (
-      np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
-  tokens = np.concatenate([np.asarray(s, np.int32) for s in sequences])
+  num_texts = int(owner.max()) + 1
   # One row per distinct (window, text): a window repeated inside a text counts once.
   pairs = np.unique(np.stack([window_hashes(tokens, starts, length), owner.astype(np.uint64)],
                              1), axis=0)
   hashes, texts = pairs[:, 0], pairs[:, 1].astype(np.int64)
-  distinct = np.bincount(texts, minlength=len(sequences))
-  shared = _shared_windows(hashes, texts, len(sequences))
-  first, second = np.divmod(shared[0], len(sequences))
+  distinct = np.bincount(texts, minlength=num_texts)
+  shared = _shared_windows(hashes, texts, num_texts)
+  first, second = np.divmod(shared[0], num_texts)
   close = np.maximum(shared[1] / distinct[first], shared[1] / distinct[second]) >= share
   return _components(first[close], second[close])
 

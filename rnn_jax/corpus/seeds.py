@@ -24,8 +24,7 @@ def from_text(seed_text: str, tokenizer: text.Tokenizer) -> Seed:
   cleaned = text.clean(seed_text, tokenizer.char_level)
   # Words the vocabulary lacks are left out, not read as the unknown word: what the user typed
   # is what the model reads, as generation never writes the unknown word either.
-  tokens = [t for t in tokenizer.texts_to_sequences([cleaned])[0]
-            if not tokenizer.oov_token or t != tokenizer.unknown_id]
+  tokens = [t for t in tokenizer.texts_to_sequences([cleaned])[0] if t != tokenizer.unknown_id]
   unknown = tokenizer.unknown_words(cleaned)
   if not tokens:
     detail = f' (not in the vocabulary: {", ".join(unknown)})' if unknown else ''
