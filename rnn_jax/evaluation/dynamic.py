@@ -25,7 +25,7 @@ from rnn_jax.corpus import data
 from rnn_jax.model.word_rnn import WordRNN
 from rnn_jax.training import metrics
 
-LRS = (0.0, 0.01, 0.03, 0.1, 0.3)  # SGD step sizes tried on validation
+LRS = (0.0, 0.03, 0.1, 0.3, 1.0)  # SGD step sizes tried on validation (0.3 won the first grid)
 DECAYS = (0.0, 0.02)  # pulls back toward the trained weights, tried on validation
 BLOCK = 32  # windows scored between two steps
 
