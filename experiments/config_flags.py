@@ -10,6 +10,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 
 from rnn_jax.configs import Config, RENAMED
 from rnn_jax.errors import UserError
@@ -20,6 +21,11 @@ from rnn_jax.training import preemption
 CONFIGS = Path(__file__).parent / 'configs'  # the flagfiles that ship with the package
 TRAIN_ONLY = ('samples', 'sample_words', 'temperature')  # what training flagfiles may add
 ESCAPED = ('filters',)  # read with backslash escapes (\t, \n, \\), as in a Python string
+# What one command may generate: beyond these a run takes minutes and gigabytes. The server's
+# limits are tighter (rnn_jax.serve.serving.Limits).
+MAX_WORDS = 10_000  # words (characters at level char) per continuation
+MAX_ROWS = 1_024  # continuations generated at once: seeds x samples x beam width
+MAX_RNG_SEED = 2**32 - 1  # the server's range too
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
            str: flags.DEFINE_string}
 
@@ -46,6 +52,11 @@ def define_config_flags():
       default = default.encode('unicode_escape').decode('ascii')
       comment += r' (with Python escapes: \t, \n, \\)'
     _DEFINE[field.type](field.name, default, comment)
+
+
+def typed_config_fields() -> list[str]:
+  """The Config fields whose flags the command line (or a flagfile on it) sets."""
+  return [name for name in Config().flat() if flags.FLAGS[name].present]
 
 
 def config_from_flags() -> Config:
@@ -116,12 +127,16 @@ def run(main, *, generates: bool = False, ignores: tuple[str, ...] = ()):
 
   def guarded(argv):
     if len(argv) > 1:
-      raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+      _exit(f'unexpected arguments: {" ".join(argv[1:])} (every setting is a --flag)')
     logging.get_absl_handler().addFilter(_quiet_orbax)
     try:
       return main(argv)
     except UserError as e:
       _exit(e)
+    except jax.errors.JaxRuntimeError as e:
+      if 'RESOURCE_EXHAUSTED' not in str(e):
+        raise
+      _exit(_out_of_memory(e))
     except preemption.Stopped as e:
       print(e, file=sys.stderr)
       sys.exit(e.exit_code)
@@ -133,6 +148,14 @@ def run(main, *, generates: bool = False, ignores: tuple[str, ...] = ()):
   if ignores:
     argv.append(f'--undefok={",".join(ignores)}')
   app.run(guarded, argv=argv, flags_parser=_parse_flags)
+
+
+def _out_of_memory(error: jax.errors.JaxRuntimeError) -> str:
+  size = re.search(r'allocating (\d+) bytes', str(error))
+  need = f'{int(size.group(1)) / 2**30:.1f} GiB at once, ' if size else ''
+  return (f'out of memory on {jax.devices()[0].platform}: this needs {need}more than is free; '
+          'use a smaller model or batch (--rnn_units, --embedding_dim, --batch_size, '
+          '--num_samples)')
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -168,10 +191,22 @@ def expand_flagfiles(argv: list[str], base: Path | None = None, depth: int = 0) 
       expanded.append(arg)
       continue
     path = _find_flagfile(match.group(1), base)
-    lines = [line.strip() for line in path.read_text().splitlines()]
+    lines = [line.strip() for line in _read_flagfile(path).splitlines()]
     flags_in_file = [line for line in lines if line and not line.startswith(('#', '//'))]
     expanded += expand_flagfiles(flags_in_file, path.parent, depth + 1)
   return expanded
+
+
+def _read_flagfile(path: Path) -> str:
+  try:
+    content = path.read_text(encoding='utf-8')
+  except UnicodeDecodeError as e:
+    raise UserError(f'flagfile {path} is not UTF-8 text (byte {e.start})') from None
+  except OSError as e:
+    raise UserError(f'cannot read flagfile {path}: {e.strerror}') from None
+  if '\0' in content:
+    raise UserError(f'flagfile {path} holds a NUL byte: is it a text file?')
+  return content
 
 
 def _find_flagfile(name: str, base: Path | None) -> Path:

@@ -18,12 +18,14 @@ from rnn_jax.serve import game
 flags.DEFINE_string('workdir', None, 'The trained run that writes the machine continuations.',
                     required=True)
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of the run.')
-flags.DEFINE_integer('rounds', 5, 'Rounds to play.', lower_bound=1)
+flags.DEFINE_integer('rounds', 5, 'Rounds to play.', lower_bound=1,
+                     upper_bound=config_flags.MAX_ROWS // 2)
 flags.DEFINE_integer('num_words', 50, 'Words (characters at level char) per continuation '
-                     '(fewer near the end of a text).', lower_bound=1)
+                     '(fewer near the end of a text).', lower_bound=1,
+                     upper_bound=config_flags.MAX_WORDS)
 flags.DEFINE_enum('mode', 'window', sampling.MODES, 'How the machine reads its context.')
 flags.DEFINE_integer('rng_seed', None, 'Replays a game; by default every game is new.',
-                     lower_bound=0)
+                     lower_bound=0, upper_bound=config_flags.MAX_RNG_SEED)
 FLAGS = flags.FLAGS
 
 

@@ -25,10 +25,13 @@ flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of
 flags.DEFINE_multi_string('seed_text', [], 'Text to continue; repeat the flag for several seeds.')
 flags.DEFINE_integer('num_random_seeds', 0, 'Continue this many random passages of the '
                      'validation texts (of every text for runs split by windows); 3 when no '
-                     '--seed_text is given.', lower_bound=0)
-flags.DEFINE_integer('num_words', 50, 'Words (characters at level char) to generate per sample.',
-                     lower_bound=1)
-flags.DEFINE_integer('num_samples', 1, 'Samples per seed.', lower_bound=1)
+                     '--seed_text is given.', lower_bound=0, upper_bound=config_flags.MAX_ROWS)
+flags.DEFINE_integer('num_words', 50, 'Words (characters at level char) to generate per sample, '
+                     f'at most {config_flags.MAX_WORDS:,}.', lower_bound=1,
+                     upper_bound=config_flags.MAX_WORDS)
+flags.DEFINE_integer('num_samples', 1, 'Samples per seed; seeds x samples x beam width at most '
+                     f'{config_flags.MAX_ROWS:,}.', lower_bound=1,
+                     upper_bound=config_flags.MAX_ROWS)
 flags.DEFINE_float('temperature', 0.75, "The walkthrough's diversity: logits / T; 0 is greedy.",
                    lower_bound=0)
 flags.DEFINE_integer('top_k', 0, 'Draw among the k likeliest words; 0 = all.', lower_bound=0)
@@ -40,7 +43,8 @@ flags.DEFINE_enum('mode', 'window', sampling.MODES, "'window' re-reads the last 
                   "words for every new one (the walkthrough's way); 'stateful' reads the seed "
                   'once and carries the recurrent state: constant work per word, unbounded '
                   'context.')
-flags.DEFINE_integer('rng_seed', 0, 'Seeds the choice of passages and the draws.')
+flags.DEFINE_integer('rng_seed', 0, 'Seeds the choice of passages and the draws.', lower_bound=0,
+                     upper_bound=config_flags.MAX_RNG_SEED)
 flags.DEFINE_string('output', None, 'Also write one JSON object per sample to this file.')
 FLAGS = flags.FLAGS
 RANDOM_SEEDS_DEFAULT = 3
@@ -52,16 +56,22 @@ def main(argv):
   decoding = sampling.Decoding(FLAGS.mode, FLAGS.top_k, FLAGS.top_p, FLAGS.beam_width)
   if FLAGS.beam_width > 1 and FLAGS.num_samples > 1:
     raise UserError('beam search finds one continuation per seed: use --num_samples=1')
+  output = FLAGS.output and _writable(Path(FLAGS.output))
   config, tokenizer, model, params = train.load(FLAGS.workdir, FLAGS.checkpoint)
   decoding = dataclasses.replace(decoding, unknown_id=tokenizer.unknown_id)
   seed_list = _seeds(config, tokenizer)
+  rows = len(seed_list) * FLAGS.num_samples * FLAGS.beam_width
+  if rows > config_flags.MAX_ROWS:
+    raise UserError(f'{len(seed_list)} seeds x {FLAGS.num_samples} samples x beam width '
+                    f'{FLAGS.beam_width} is {rows:,} continuations, more than the '
+                    f'{config_flags.MAX_ROWS:,} one command generates: split them over commands')
   generated = sampling.continue_seeds(
       model, params, seed_list, config.data.training_length, jax.random.key(FLAGS.rng_seed),
       FLAGS.num_words, FLAGS.temperature, decoding, FLAGS.num_samples)
   records = _records(seed_list, generated, tokenizer, beam=FLAGS.beam_width > 1)
   _print(records)
-  if FLAGS.output:
-    _write_jsonl(Path(FLAGS.output), records)
+  if output:
+    _write_jsonl(output, records)
 
 
 def _seeds(config, tokenizer) -> list[seeds.Seed]:
@@ -106,14 +116,24 @@ def _print(records: list[dict]):
       print(f'  actual:\n    {tail} {record["actual"]}')
 
 
+def _writable(path: Path) -> Path:
+  """`path`, refused before the work when it could never be written."""
+  if path.is_dir():
+    raise UserError(f'--output={path} is a directory: name a file')
+  if not path.parent.is_dir():
+    raise UserError(f'--output={path}: no directory {path.parent}')
+  return path
+
+
 def _write_jsonl(path: Path, records: list[dict]):
   """Writes all or nothing: a partial file never replaces a good one."""
   partial = path.with_name(path.name + '.part')
   try:
     partial.write_text(''.join(json.dumps(r) + '\n' for r in records))
+    os.replace(partial, path)
   except OSError as e:
+    partial.unlink(missing_ok=True)
     raise UserError(f'cannot write {path}: {e.strerror}') from None
-  os.replace(partial, path)
   print(f'\nWrote {len(records)} samples to {path}')
 
 

@@ -10,9 +10,12 @@ import numpy as np
 
 from experiments import config_flags
 from rnn_jax import train
+from rnn_jax.configs import RESUMABLE, Config
 from rnn_jax.corpus import data
 from rnn_jax.corpus import seeds
+from rnn_jax.errors import UserError
 from rnn_jax.generation import sampling
+from rnn_jax.training import checkpoints
 from rnn_jax.training import metrics
 from rnn_jax.training import parallel
 
@@ -35,7 +38,10 @@ def main(argv):
   del argv
   mesh = config_flags.parallel_from_flags()
   logging.info('JAX %s on %s; mesh %s', jax.__version__, jax.devices(), dict(mesh.mesh.shape))
-  results = train.train_and_evaluate(config_flags.config_from_flags(), FLAGS.workdir,
+  config = config_flags.config_from_flags()
+  if FLAGS.resume:
+    check_resumable(config)
+  results = train.train_and_evaluate(config, FLAGS.workdir,
                                      resume=FLAGS.resume, overwrite=FLAGS.overwrite,
                                      parallel=mesh)
   if not parallel.is_primary():
@@ -43,6 +49,22 @@ def main(argv):
   print_standing(results)
   if FLAGS.samples:
     print_samples()
+
+
+def check_resumable(config: Config):
+  """--resume continues a run with its own settings: a typed flag that would change one is
+  refused rather than ignored, and so is a work dir with nothing to continue."""
+  if not checkpoints.has_run(FLAGS.workdir):
+    raise UserError(f'--resume: {FLAGS.workdir} holds no run to continue (no '
+                    f'{checkpoints.CONFIG}); leave out --resume to start one')
+  saved, given = checkpoints.read_run(FLAGS.workdir)[0].flat(), config.flat()
+  changed = [f'--{name} ({saved[name]!r} in the run, {given[name]!r} given)'
+             for name in config_flags.typed_config_fields()
+             if name not in RESUMABLE and given[name] != saved[name]]
+  if changed:
+    raise UserError(f'--resume continues the run with its own settings, and these flags would '
+                    f'change them: {", ".join(changed)}; leave them out, or start a new run in '
+                    f'another --workdir (only --{", --".join(RESUMABLE)} may change)')
 
 
 def print_standing(results: dict):

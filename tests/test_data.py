@@ -1,3 +1,4 @@
+import csv
 import dataclasses
 import hashlib
 import json
@@ -215,6 +216,26 @@ def test_reads_csv_with_quotes_commas_and_newlines(tmp_path):
   assert files.read_texts(path, 'body') == ['a, "quoted"\nline', 'plain']
   with pytest.raises(UserError, match="no column 'text'.*'id', 'body'"):
     files.read_texts(path, 'text')
+
+
+def test_a_csv_field_larger_than_csvs_default_limit_is_read(tmp_path):
+  path = tmp_path / 'texts.csv'
+  long_text = 'word ' * 100_000  # 500 kB: csv refuses fields over 128 KiB by default
+  path.write_text(f'body\n"{long_text}"\nshort\n', encoding='utf-8')
+  limit = csv.field_size_limit()
+  assert files.read_texts(path, 'body') == [long_text, 'short']
+  assert csv.field_size_limit() == limit  # the process's limit is left as it was
+
+
+def test_jsonl_values_that_are_not_text_are_named(tmp_path):
+  jsonl = tmp_path / 'texts.jsonl'
+  cases = {'5': "'t' holds 5, not a text", 'null': "'t' holds null, not a text",
+           '["a"]': "'t' holds \\[\"a\"\\], not a text",
+           '1' + '0' * 5000: 'not a JSON object .*digits'}  # past Python's int-string limit
+  for value, message in cases.items():
+    jsonl.write_text('{"t": "ok"}\n{"t": ' + value + '}\n')
+    with pytest.raises(UserError, match='texts.jsonl:2: ' + message):
+      files.read_texts(jsonl, 't')
 
 
 def test_reads_jsonl_and_txt(tmp_path):

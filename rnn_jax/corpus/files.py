@@ -94,13 +94,17 @@ def _line_at(raw: bytes, offset: int) -> int:
 
 
 def _read_csv(content: str, path: Path, column: str) -> list[str]:
-  reader = csv.DictReader(io.StringIO(content, newline=''))
-  if column not in (reader.fieldnames or []):
-    raise UserError(f'{path} has no column {column!r}; its columns: {reader.fieldnames}')
+  # csv's field limit (128 KiB) guards streams; a whole file in memory holds no larger field.
+  limit = csv.field_size_limit(max(len(content), csv.field_size_limit()))
   try:
+    reader = csv.DictReader(io.StringIO(content, newline=''))
+    if column not in (reader.fieldnames or []):
+      raise UserError(f'{path} has no column {column!r}; its columns: {reader.fieldnames}')
     return [row[column] or '' for row in reader]
   except csv.Error as e:
     raise UserError(f'{path}:{reader.line_num}: not valid CSV ({e})') from None
+  finally:
+    csv.field_size_limit(limit)
 
 
 def _read_jsonl(content: str, path: Path, key: str) -> list[str]:
@@ -109,11 +113,14 @@ def _read_jsonl(content: str, path: Path, key: str) -> list[str]:
     if not line.strip():
       continue
     try:
-      texts.append(json.loads(line)[key])
-    except (json.JSONDecodeError, TypeError) as e:
+      value = json.loads(line)[key]
+    except (TypeError, ValueError, RecursionError) as e:  # ValueError: bad JSON, huge ints
       raise UserError(f'{path}:{number}: not a JSON object ({e})') from None
     except KeyError:
       raise UserError(f'{path}:{number}: no key {key!r}') from None
+    if not isinstance(value, str):
+      raise UserError(f'{path}:{number}: {key!r} holds {json.dumps(value)[:40]}, not a text')
+    texts.append(value)
   return texts
 
 
