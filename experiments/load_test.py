@@ -1,16 +1,20 @@
 """A bounded load test of an `experiments.serve` server on this machine.
 
   python -m experiments.load_test --url=http://127.0.0.1:8000 --requests=400 --concurrency=32
+  python -m experiments.load_test --requests=40 --concurrency=1 --num_words=5 --heavy_words=100
 
 Sends `--requests` generation requests from `--concurrency` clients at once, each client sending
 its next request when the last is answered, and stops when all are answered or given up on
-(`--timeout_s` each). Prints latency percentiles, requests per second and how many generator
-calls the server made for them (from /api/health). Only loopback addresses are accepted.
+(`--timeout_s` each). With `--heavy_words`, one more client sends heavy requests (that many
+words, `--heavy_samples` samples, top-p `--heavy_top_p`) back to back meanwhile: how long the
+others wait behind them. Prints latency percentiles, requests per second and the generator calls
+the server made meanwhile (from /api/health). Only loopback addresses are accepted.
 """
 
 import ipaddress
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -33,26 +37,40 @@ flags.DEFINE_integer('num_words', 50, 'Words per request.', lower_bound=1)
 flags.DEFINE_float('temperature', 0.75, 'Temperature of every request.', lower_bound=0)
 flags.DEFINE_float('timeout_s', 120, 'A request not answered in this time counts as lost.',
                    lower_bound=0.1)
+flags.DEFINE_integer('heavy_words', 0, 'Words of the heavy requests sent meanwhile; 0: none.',
+                     lower_bound=0)
+flags.DEFINE_integer('heavy_samples', 8, 'Samples of each heavy request.', lower_bound=1)
+flags.DEFINE_float('heavy_top_p', 0.9, 'Top-p of each heavy request.')
 FLAGS = flags.FLAGS
 
 
-def run_load(url: str, body: dict, requests: int, concurrency: int,
-             timeout_s: float) -> dict:
-  """POSTs `body` to {url}/api/generate `requests` times from `concurrency` threads.
+def run_load(url: str, body: dict, requests: int, concurrency: int, timeout_s: float,
+             heavy: dict | None = None) -> dict:
+  """POSTs `body` to {url}/api/generate `requests` times from `concurrency` threads, and `heavy`
+  (if given) back to back from one more thread meanwhile.
 
   Returns counts (answered 200, refused with another status, lost without an answer), latency
-  percentiles of the answered in ms, requests answered per second over the whole run, and the
-  server's generator calls during the run with the seconds they took.
+  percentiles of the answered in ms, requests answered per second over the whole run, the
+  server's generator calls during the run with their rows and the seconds they took, and the
+  heavy requests answered with their median latency.
   """
   url = url.rstrip('/')
   _check_loopback(url)
   before = _get_json(url + '/api/health', timeout_s)['batching']
   payload = json.dumps(body).encode()
+  done, heavy_outcomes = threading.Event(), []
+  if heavy:
+    sender = threading.Thread(target=_post_until, args=(
+        url + '/api/generate', json.dumps(heavy).encode(), timeout_s, done, heavy_outcomes))
+    sender.start()
   start = time.perf_counter()
   with futures.ThreadPoolExecutor(concurrency) as pool:
     outcomes = list(pool.map(lambda _: _post(url + '/api/generate', payload, timeout_s),
                              range(requests)))
   seconds = time.perf_counter() - start
+  done.set()
+  if heavy:
+    sender.join()
   after = _get_json(url + '/api/health', timeout_s)['batching']
   latencies = np.array([ms for status, ms in outcomes if status == 200])
   refused = [status for status, _ in outcomes if status not in (200, None)]
@@ -64,8 +82,9 @@ def run_load(url: str, body: dict, requests: int, concurrency: int,
       'p50_ms': _percentile(latencies, 50), 'p95_ms': _percentile(latencies, 95),
       'max_ms': _percentile(latencies, 100), 'requests_per_s': round(len(latencies) / seconds, 1),
       'seconds': round(seconds, 2), 'generator_calls': calls,
-      'requests_per_call': round(requests / max(calls, 1), 2),
-      'generator_seconds': round(busy, 2)}
+      'rows_per_call': round((after.get('rows', 0) - before.get('rows', 0)) / max(calls, 1), 2),
+      'generator_seconds': round(busy, 2), 'heavy_answered': len(heavy_outcomes),
+      'heavy_p50_ms': _percentile(np.array([ms for _, ms in heavy_outcomes]), 50)}
 
 
 def _check_loopback(url: str):
@@ -93,6 +112,12 @@ def _post(url: str, payload: bytes, timeout_s: float) -> tuple[int | None, float
   return status, (time.perf_counter() - start) * 1000
 
 
+def _post_until(url: str, payload: bytes, timeout_s: float, done: threading.Event,
+                outcomes: list[tuple[int | None, float]]):
+  while not done.is_set():
+    outcomes.append(_post(url, payload, timeout_s))
+
+
 def _get_json(url: str, timeout_s: float) -> dict:
   try:
     with urllib.request.urlopen(url, timeout=timeout_s) as answer:
@@ -109,12 +134,16 @@ def main(argv):
   del argv
   body = {'seed_text': FLAGS.seed_text, 'num_words': FLAGS.num_words,
           'temperature': FLAGS.temperature}
-  report = run_load(FLAGS.url, body, FLAGS.requests, FLAGS.concurrency, FLAGS.timeout_s)
+  heavy = body | {'num_words': FLAGS.heavy_words, 'num_samples': FLAGS.heavy_samples,
+                  'top_p': FLAGS.heavy_top_p} if FLAGS.heavy_words else None
+  report = run_load(FLAGS.url, body, FLAGS.requests, FLAGS.concurrency, FLAGS.timeout_s, heavy)
   print(f'{report["answered"]} of {report["requests"]} answered ({report["refused"]} refused, '
         f'{report["lost"]} lost) from {report["concurrency"]} clients: p50 {report["p50_ms"]} ms, '
         f'p95 {report["p95_ms"]} ms, {report["requests_per_s"]} requests/s, '
-        f'{report["requests_per_call"]} requests per generator call, generator busy '
-        f'{report["generator_seconds"]} s of {report["seconds"]} s')
+        f'{report["rows_per_call"]} rows per generator call, generator busy '
+        f'{report["generator_seconds"]} s of {report["seconds"]} s'
+        + (f'; {report["heavy_answered"]} heavy requests meanwhile, p50 '
+           f'{report["heavy_p50_ms"]} ms' if heavy else ''))
   print(json.dumps(report))
   if report['answered'] != report['requests']:
     raise UserError('not every request was answered')

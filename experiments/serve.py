@@ -4,6 +4,7 @@
   python -m experiments.serve --workdir=DIR [--host=127.0.0.1 --port=8000]
 
 Pages at /, /random and /game; JSON at POST /api/generate, GET /api/random, GET /api/health.
+Put a reverse proxy in front of it before other machines reach it (docs/reliability.md).
 """
 
 import time
@@ -24,15 +25,24 @@ flags.DEFINE_enum('mode', 'window', sampling.MODES, 'How the model reads its con
 flags.DEFINE_list('batch_sizes', ['1', '4', '8', '16', '32'], 'The batch sizes the generator '
                   'is compiled for: a call pads its rows to the first that fits; the last is the '
                   'most rows one call takes.')
-flags.DEFINE_list('word_buckets', ['25', '50', '100'], 'The lengths the generator is compiled '
-                  'for: a request generates the first at least as long as it asks, cut back; '
-                  'the last is the most words a request may ask for.')
+flags.DEFINE_integer('max_words', serving.Limits.max_words, 'The most words a request may ask '
+                     'for.', lower_bound=1)
+flags.DEFINE_integer('chunk_words', serving.Limits.chunk_words, 'Words per generator call: a '
+                     'longer request takes several calls, and others join between them, so none '
+                     'waits long behind another.', lower_bound=1)
 flags.DEFINE_integer('max_samples', 8, 'The most continuations one request may ask for.',
                      lower_bound=1)
-flags.DEFINE_float('batch_wait_ms', 5, 'How long a request waits for others to share its '
+flags.DEFINE_float('batch_wait_ms', 5, 'How long a new request waits for others to share its '
                    'generator call.', lower_bound=0)
 flags.DEFINE_bool('micro_batching', True, 'Gather concurrent requests into one generator call; '
                   'false runs each request alone (for comparison).')
+flags.DEFINE_float('timeout_s', 5, 'How long a connection may wait for its next request to '
+                   "arrive whole, head and body, before it is closed (uvicorn's keep-alive "
+                   'default).', lower_bound=0.1)
+# A crowd past this is told so at once rather than queue at the generator, and the server's
+# file descriptors stay under the usual limit of 1,024.
+flags.DEFINE_integer('max_connections', 512, 'Connections (or requests in flight) past which a '
+                     'request is answered 503.', lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -40,11 +50,12 @@ def main(argv):
   del argv
   try:  # the optional `serve` extra
     import uvicorn  # pylint: disable=import-outside-toplevel
+    from rnn_jax.serve import server  # pylint: disable=import-outside-toplevel
     from rnn_jax.serve import web  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise UserError(f"the server needs the serve extra (pip install -e '.[serve]'): {e}") from None
-  limits = serving.Limits(batch_sizes=_integers('batch_sizes'),
-                          word_buckets=_integers('word_buckets'), max_samples=FLAGS.max_samples)
+  limits = serving.Limits(batch_sizes=_integers('batch_sizes'), max_words=FLAGS.max_words,
+                          chunk_words=FLAGS.chunk_words, max_samples=FLAGS.max_samples)
   service = serving.Service(FLAGS.workdir, FLAGS.checkpoint, FLAGS.mode, limits,
                             FLAGS.batch_wait_ms / 1000, FLAGS.micro_batching)
   start = time.perf_counter()
@@ -52,7 +63,9 @@ def main(argv):
   print(f'Compiled {programs} generator programs in {time.perf_counter() - start:.1f} s; '
         f'serving {FLAGS.workdir} (step {service.step}) at http://{FLAGS.host}:{FLAGS.port}/',
         flush=True)
-  uvicorn.run(web.app(service), host=FLAGS.host, port=FLAGS.port, access_log=False)
+  uvicorn.Server(server.config(web.app(service), FLAGS.host, FLAGS.port,
+                              timeout_s=FLAGS.timeout_s,
+                              max_connections=FLAGS.max_connections)).run()
 
 
 def _integers(name: str) -> tuple[int, ...]:

@@ -6,31 +6,47 @@ import json
 import re
 
 import jax
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
 from conftest import CYCLE
 from conftest import read_config
+from rnn_jax.corpus import seeds
 from rnn_jax.errors import UserError
+from rnn_jax.generation import sampling
 from rnn_jax.serve import batching
 from rnn_jax.serve import serving
 from rnn_jax.serve import web
 
-LIMITS = serving.Limits(batch_sizes=(1, 4), word_buckets=(8, 16), max_samples=4,
+LIMITS = serving.Limits(batch_sizes=(1, 4), max_words=16, chunk_words=8, max_samples=4,
                         max_seed_chars=200, top_k_choices=(0, 3), top_p_choices=(1.0, 0.9))
+HUGE = 10**309  # past float's range: float(HUGE) overflows
 
 
 @pytest.fixture(scope='module')
 def service(trained_cell):
   workdir, _ = trained_cell
   served = serving.Service(workdir, limits=LIMITS, wait_s=0.02)
-  assert served.warm_up() == 4
+  assert served.warm_up() == 2
   return served
 
 
 @pytest.fixture(scope='module')
 def client(service):
   with TestClient(web.app(service)) as test_client:
+    yield test_client
+
+
+@pytest.fixture(scope='module')
+def stateful_service(trained_cell):
+  workdir, _ = trained_cell
+  return serving.Service(workdir, mode='stateful', limits=LIMITS, wait_s=0.02)
+
+
+@pytest.fixture(scope='module')
+def stateful(stateful_service):
+  with TestClient(web.app(stateful_service)) as test_client:
     yield test_client
 
 
@@ -103,16 +119,30 @@ def test_settings_take_form_strings_and_json_values_and_defaults():
     ({'num_words': True}, 'num_words must be an integer, got True'),
     ({'num_words': 'ten'}, "num_words must be an integer, got 'ten'"),
     ({'num_samples': 5}, 'num_samples must be from 1 to 4, got 5'),
-    ({'temperature': -0.1}, 'temperature must be from 0 to 2, got -0.1'),
-    ({'temperature': 'nan'}, 'temperature must be from 0 to 2, got nan'),
-    ({'temperature': [1]}, 'temperature must be a number, got [1]'),
+    ({'temperature': -0.1}, 'temperature must be from 0 to 2.0, got -0.1'),
+    ({'temperature': 'nan'}, 'temperature must be from 0 to 2.0, got nan'),
+    ({'temperature': [1]}, 'temperature must be a number, got an array'),
+    ({'temperature': {'a': 1}}, 'temperature must be a number, got an object'),
     ({'top_k': 7}, 'top_k must be one of 0, 3, got 7'),
-    ({'top_p': 0.5}, 'top_p must be one of 1, 0.9, got 0.5'),
-    ({'rng_seed': -1}, 'rng_seed must be from 0 to 4.29497e+09, got -1'),
+    ({'top_p': 0.5}, 'top_p must be one of 1.0, 0.9, got 0.5'),
+    ({'rng_seed': -1}, 'rng_seed must be from 0 to 4294967295, got -1'),
+    # Integers whole and floats with the digits that put them out of range.
+    ({'rng_seed': 2**32}, 'rng_seed must be from 0 to 4294967295, got 4294967296'),
+    ({'temperature': 2.0000001}, 'temperature must be from 0 to 2.0, got 2.0000001'),
+    # Past float's range, as a number and as a form's string; a long value is cut.
+    ({'num_words': HUGE}, f'num_words must be from 1 to 16, got {str(HUGE)[:60]}... (310 '
+                          f'characters)'),
+    ({'num_words': str(HUGE)}, 'num_words must be from 1 to 16, got 1000'),
+    ({'temperature': HUGE}, 'temperature must be from 0 to 2.0, got 1000'),
+    ({'top_k': HUGE}, 'top_k must be one of 0, 3, got 1000'),
+    ({'top_p': -HUGE}, 'top_p must be one of 1.0, 0.9, got -1000'),
+    ({'rng_seed': str(HUGE)}, 'rng_seed must be from 0 to 4294967295, got 1000'),
+    ({'num_words': '9' * 5000}, "num_words must be an integer, got '9999"),  # int()'s limit
 ])
 def test_settings_out_of_bounds_are_named(fields, message):
-  with pytest.raises(UserError, match=re.escape(message)):
+  with pytest.raises(UserError, match=re.escape(message)) as refused:
     serving.Settings.parse(fields, LIMITS)
+  assert len(str(refused.value)) < 150
 
 
 def test_health_names_the_model_vocabulary_and_checkpoint(client, trained_cell):
@@ -154,6 +184,35 @@ def test_a_request_writes_the_same_text_alone_or_batched_with_others(client):
   assert [len(a['samples'][-1]['generated'].split()) for a in alone] == [3, 9, 16, 5]
 
 
+def test_a_shorter_request_writes_the_start_of_a_longer_one(client):
+  request = {'seed_text': 'delta', 'temperature': 1.5, 'num_samples': 2, 'rng_seed': 3}
+  short, long = (client.post('/api/generate', json=request | {'num_words': n}).json()
+                 for n in (5, 16))
+  assert [s['generated'].split() for s in short['samples']] == [
+      s['generated'].split()[:5] for s in long['samples']]
+
+
+def test_the_second_call_continues_where_the_first_stopped(client):
+  answer = client.post('/api/generate', json={'seed_text': 'alpha beta gamma delta',
+                                              'num_words': 16, 'temperature': 0}).json()
+  assert answer['samples'][0]['generated'].split() == (CYCLE * 3)[4:20]
+
+
+def test_stateful_calls_of_a_chunk_write_what_one_call_would(stateful_service, stateful):
+  """Greedy, so that keys do not matter: the second call of 8 words reads the seed and the
+  first call's words, padded to one length, and the 16 words are those of one call."""
+  seed = 'alpha beta gamma delta'
+  answer = stateful.post('/api/generate', json={'seed_text': seed, 'num_words': 16,
+                                                'temperature': 0}).json()
+  service = stateful_service
+  one_call = sampling.continue_seeds(
+      service.model, service.params, [seeds.from_text(seed, service.tokenizer)],
+      service.training_length, jax.random.key(0), 16, 0.0,
+      sampling.Decoding('stateful', unknown_id=service.tokenizer.unknown_id))
+  shown = seeds.show(service.tokenizer, np.asarray(one_call.tokens[0]))
+  assert answer['samples'][0]['generated'] == shown
+
+
 def test_nothing_compiles_while_serving_the_default_decoding(client, compilations):
   requests = [{'seed_text': 'zeta', 'num_words': n, 'num_samples': s, 'temperature': t}
               for n, s, t in [(1, 1, 0), (8, 3, 0.3), (9, 4, 2), (16, 2, 1)]]
@@ -174,31 +233,52 @@ def bad_inputs():
       ({'seed_text': 'nothing known'}, "the seed text 'nothing known' leaves no word"),
       (good | {'num_words': 17}, 'num_words must be from 1 to 16'),
       (good | {'num_samples': 9}, 'num_samples must be from 1 to 4'),
-      (good | {'temperature': 3}, 'temperature must be from 0 to 2'),
-      (good | {'top_p': 0.3}, 'top_p must be one of 1, 0.9'),
-      (good | {'beam_width': 2}, 'unknown field: beam_width'),
+      (good | {'temperature': 3}, 'temperature must be from 0 to 2.0, got 3'),
+      (good | {'top_p': 0.3}, 'top_p must be one of 1.0, 0.9'),
+      (good | {'beam_width': 2}, "unknown field: 'beam_width'"),
+      (good | {'num_words': HUGE}, 'num_words must be from 1 to 16, got 1000'),
+      (good | {'num_words': str(HUGE)}, 'num_words must be from 1 to 16, got 1000'),
+      (good | {'top_k': HUGE}, 'top_k must be one of 0, 3, got 1000'),
+      (good | {'rng_seed': HUGE}, 'rng_seed must be from 0 to 4294967295, got 1000'),
+      (good | {'temperature': 2.0000001}, 'temperature must be from 0 to 2.0, got 2.0000001'),
+      # Half of a surrogate pair, which JSON can spell and UTF-8 cannot encode.
+      ({'seed_text': 'A neural \ud800 network'}, 'seed_text must be Unicode text: character 9 '
+                                                 "is half of a surrogate pair ('\\ud800')"),
+      (good | {'\udfff\n': 1}, "unknown field: '\\udfff\\n'"),
   ]
   yield from ((json.dumps(fields), message) for fields, message in cases)
   yield '{"seed_text": "alpha"', 'the body must be a JSON object: Expecting'
   yield '["alpha"]', 'the body must be a JSON object, got list'
   yield '\xff', 'the body must be a JSON object'
+  yield ('{"seed_text": "alpha", "num_words": ' + '7' * 5000 + '}',
+         'the body holds an integer of 5,000 digits, more than any field takes')
+  # Nested deeper than json's recursion allows, and as deep as it allows, inside 16 KiB.
+  yield '[' * 5000 + ']' * 5000, 'the body must be a JSON object: it nests too deeply'
+  yield ('{"seed_text": "alpha", "temperature": ' + '[' * 500 + ']' * 500 + '}',
+         'temperature must be a number, got an array')
 
 
 @pytest.mark.parametrize('body, message', list(bad_inputs()))
 def test_bad_requests_are_answered_400_with_a_message_and_serving_goes_on(client, body, message):
   answer = client.post('/api/generate', content=body)
   assert answer.status_code == 400
-  assert answer.json()['error'].startswith(message)
+  error = answer.json()['error']
+  assert error.startswith(message) and '\n' not in error and len(error) < 200
   assert client.post('/api/generate', json={'seed_text': 'alpha'}).status_code == 200
 
 
-@pytest.mark.parametrize('method, path, status', [
-    ('post', '/api/random?num_words=0', 405), ('get', '/api/random?num_words=0', 400),
-    ('get', '/api/random?top_k=1', 400), ('get', '/api/nothing', 404),
-    ('get', '/api/generate', 405)])
-def test_other_bad_api_requests_are_answered_as_json(client, method, path, status):
+@pytest.mark.parametrize('method, path, status, message', [
+    ('post', '/api/random?num_words=0', 405, 'Method Not Allowed'),
+    ('get', '/api/random?num_words=0', 400, 'num_words must be from 1 to 16, got 0'),
+    ('get', '/api/random?top_k=1', 400, 'top_k must be one of 0, 3, got 1'),
+    ('get', f'/api/random?rng_seed={HUGE}', 400, 'rng_seed must be from 0 to 4294967295, got'),
+    ('get', f'/api/random?top_p={HUGE}', 400, 'top_p must be one of 1.0, 0.9, got inf'),
+    ('get', '/api/random?seed_text=a&bogus=1', 400, "unknown fields: 'bogus', 'seed_text'"),
+    ('get', '/api/nothing', 404, 'Not Found'),
+    ('get', '/api/generate', 405, 'Method Not Allowed')])
+def test_other_bad_api_requests_are_answered_as_json(client, method, path, status, message):
   answer = getattr(client, method)(path)
-  assert answer.status_code == status and answer.json()['error']
+  assert answer.status_code == status and answer.json()['error'].startswith(message)
 
 
 def test_an_oversized_body_is_refused(client):
@@ -219,19 +299,15 @@ def test_the_generate_page_shows_continuations_and_unknown_words(client):
   assert "script-src" not in page.headers['content-security-policy']  # no script at all
 
 
-def test_window_mode_equals_stateful_mode_for_a_seed_shorter_than_the_window(client,
-                                                                            trained_cell):
+def test_window_mode_equals_stateful_mode_for_a_seed_shorter_than_the_window(client, stateful):
   """The page and the API in window mode (the default) against a stateful server: the window
   of 4 holds a 1-word seed and its first 3 words, so the first 4 words drawn agree, and so do
   their log-probabilities (the tiny model is sure of its words: reading the padding changes
   those, not the words)."""
-  workdir, _ = trained_cell
   request = {'seed_text': 'gamma', 'num_words': 4, 'temperature': 2.0, 'num_samples': 4,
              'rng_seed': 7}
-  with TestClient(web.app(serving.Service(workdir, mode='stateful', limits=LIMITS,
-                                          wait_s=0.02))) as stateful:
-    answers = [c.post('/api/generate', json=request).json() for c in (client, stateful)]
-    pages = [c.get('/', params=request).text for c in (client, stateful)]
+  answers = [c.post('/api/generate', json=request).json() for c in (client, stateful)]
+  pages = [c.get('/', params=request).text for c in (client, stateful)]
   assert answers[0]['samples'] == answers[1]['samples']
   generated = [re.findall(r'<span class="generated">([^<]*)</span>', page) for page in pages]
   assert generated[0] == generated[1] == [s['generated'] for s in answers[0]['samples']]

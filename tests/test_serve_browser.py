@@ -43,7 +43,7 @@ def server(trained, tmp_path_factory):
   with log.open('w') as output:
     process = subprocess.Popen(
         [sys.executable, '-m', 'experiments.serve', f'--workdir={workdir}',
-         f'--port={url.rsplit(":", 1)[1]}', '--batch_sizes=1,4', '--word_buckets=16',
+         f'--port={url.rsplit(":", 1)[1]}', '--batch_sizes=1,4', '--max_words=16',
          '--max_samples=4'], cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
     try:
       deadline = time.monotonic() + START_S

@@ -4,7 +4,9 @@ A server's handlers `submit` their work and await the answer. One task on the ev
 the first waiting request, gathers those that arrive within `wait_s` (or until `max_rows` rows
 are waiting), groups them by what must be equal inside one call (a group key), and runs each
 group's call in a worker thread, so the event loop keeps accepting requests meanwhile. Requests
-that arrive during a call wait for the next, which makes batches grow with the load.
+that arrive during a call wait for the next, which makes batches grow with the load. A request
+whose work takes several calls submits each part once the last is answered: it goes to the back
+of the queue, behind those that arrived meanwhile, so the requests take turns.
 """
 
 import asyncio
@@ -25,6 +27,7 @@ class _Pending:
   item: Any
   rows: int
   answer: asyncio.Future
+  continues: bool
 
 
 class MicroBatcher:
@@ -33,7 +36,8 @@ class MicroBatcher:
   Args:
     run: the batched function (see `Run`); an exception fails that call's requests only.
     max_rows: the most rows one call takes; an item brings `rows` of them.
-    wait_s: how long the first request of a batch waits for others to join it.
+    wait_s: how long the first request of a batch waits for others to join it; an item that
+      continues a request does not wait: whatever could join it arrived during the last call.
     gather: False runs every request in a call of its own (no micro-batching), for comparison.
   """
 
@@ -41,7 +45,7 @@ class MicroBatcher:
     if max_rows < 1 or wait_s < 0:
       raise ValueError(f'max_rows must be >= 1 and wait_s >= 0, got {max_rows} and {wait_s}')
     self._run, self.max_rows, self._wait_s, self._gather_more = run, max_rows, wait_s, gather
-    self.counts = collections.Counter()  # calls, requests, rows and seconds in calls so far
+    self.counts = collections.Counter()  # calls, items, rows and seconds in calls so far
     self._queue: asyncio.Queue[_Pending] | None = None
 
   async def __aenter__(self) -> 'MicroBatcher':
@@ -56,25 +60,27 @@ class MicroBatcher:
     await asyncio.gather(self._task, return_exceptions=True)
     self._executor.shutdown(wait=True)
 
-  async def submit(self, group: Hashable, item: Any, rows: int = 1) -> Any:
-    """The result of `run(group, [..., item, ...])` for this item."""
+  async def submit(self, group: Hashable, item: Any, rows: int = 1, *,
+                   continues: bool = False) -> Any:
+    """The result of `run(group, [..., item, ...])` for this item; `continues` marks the next
+    part of a request whose last part was just answered."""
     if not 1 <= rows <= self.max_rows:
       raise ValueError(f'an item brings 1 to {self.max_rows} rows, got {rows}')
     if self._queue is None:
       raise RuntimeError('submit inside `async with batcher:`')
     answer = asyncio.get_running_loop().create_future()
-    self._queue.put_nowait(_Pending(group, item, rows, answer))
+    self._queue.put_nowait(_Pending(group, item, rows, answer, continues))
     return await answer
 
   async def _serve(self):
     while True:
       pending = await self._gather()
-      for group, chunk in _chunks(pending, self.max_rows):
-        await self._call(group, chunk)
+      for group, call in _calls(pending, self.max_rows):
+        await self._call(group, call)
 
   async def _gather(self) -> list[_Pending]:
     pending = [await self._queue.get()]
-    deadline = asyncio.get_running_loop().time() + self._wait_s
+    deadline = asyncio.get_running_loop().time() + (0 if pending[0].continues else self._wait_s)
     while self._gather_more and sum(p.rows for p in pending) < self.max_rows:
       try:
         # A `get` cancelled by the timeout leaves its item in the queue: nothing is lost.
@@ -84,37 +90,37 @@ class MicroBatcher:
         break
     return pending
 
-  async def _call(self, group: Hashable, chunk: list[_Pending]):
-    self.counts.update(calls=1, requests=len(chunk), rows=sum(p.rows for p in chunk))
+  async def _call(self, group: Hashable, call: list[_Pending]):
+    self.counts.update(calls=1, items=len(call), rows=sum(p.rows for p in call))
     start = time.perf_counter()
     try:
       results = await asyncio.get_running_loop().run_in_executor(
-          self._executor, self._run, group, [p.item for p in chunk])
+          self._executor, self._run, group, [p.item for p in call])
     except Exception as error:  # pylint: disable=broad-except  # the server must keep serving
-      for p in chunk:
+      for p in call:
         if not p.answer.done():
           p.answer.set_exception(error)
       return
     finally:
       self.counts['seconds'] += time.perf_counter() - start
-    for p, result in zip(chunk, results, strict=True):
+    for p, result in zip(call, results, strict=True):
       if not p.answer.done():  # a request whose client went away is cancelled
         p.answer.set_result(result)
 
 
-def _chunks(pending: list[_Pending], max_rows: int) -> list[tuple[Hashable, list[_Pending]]]:
+def _calls(pending: list[_Pending], max_rows: int) -> list[tuple[Hashable, list[_Pending]]]:
   """The requests by group in arrival order, each group cut into calls of at most max_rows."""
   groups = collections.defaultdict(list)
   for p in pending:
     groups[p.group].append(p)
-  chunks = []
+  calls = []
   for group, members in groups.items():
-    chunk, rows = [], 0
+    call, rows = [], 0
     for p in members:
       if rows + p.rows > max_rows:
-        chunks.append((group, chunk))
-        chunk, rows = [], 0
-      chunk.append(p)
+        calls.append((group, call))
+        call, rows = [], 0
+      call.append(p)
       rows += p.rows
-    chunks.append((group, chunk))
-  return chunks
+    calls.append((group, call))
+  return calls

@@ -2,15 +2,18 @@
 
 Every request becomes rows of the batched generator (`sampling.generate`): one row per sample,
 each with its own key and temperature, so any temperatures share a call and a row's text does
-not depend on what else shares it. What `generate` compiles into its program cannot differ
-inside a call: requests are grouped by (words to generate, top-k, top-p). To keep the number of
-programs small and known, the words are rounded up to a few lengths (`Limits.word_buckets`, cut
-back afterwards), the rows of a call are padded to a few batch sizes (`Limits.batch_sizes`), and
-top-k and top-p come from short menus. `Service.warm_up` compiles every length and batch size
-of the default decoding (no top-k, no top-p) before serving; a menu's other entries compile on
-their first use, once for each shape.
+not depend on what else shares it. A call generates `Limits.chunk_words` words; a longer request
+takes several calls, each reading the context the last one left (the window, or everything so
+far in stateful mode), and other requests join it between them: no request waits behind another
+for more than a chunk. What `generate` compiles into its program cannot differ inside a call:
+requests are grouped by (top-k, top-p). To keep the number of programs small and known, every
+call generates the same number of words (the last chunk is cut back), the rows of a call are
+padded to a few batch sizes (`Limits.batch_sizes`), and top-k and top-p come from short menus.
+`Service.warm_up` compiles every batch size of the default decoding (no top-k, no top-p) before
+serving; a menu's other entries compile on their first use, once for each batch size.
 """
 
+import contextlib
 import dataclasses
 import secrets
 from collections.abc import Mapping, Sequence
@@ -29,6 +32,8 @@ from rnn_jax.serve import game
 from rnn_jax.training import checkpoints
 
 MAX_RNG_SEED = 2**32 - 1
+MAX_QUOTED = 60  # characters of a refused value that its message shows
+_KINDS = {list: 'an array', dict: 'an object'}
 DEFAULT_WORDS = 50  # words per continuation and per game round, as experiments.sample and game
 
 
@@ -36,7 +41,9 @@ DEFAULT_WORDS = 50  # words per continuation and per game round, as experiments.
 class Limits:
   """What one request may ask for, and the shapes the generator is compiled for."""
   batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32)  # a call's rows pad to the first that fits
-  word_buckets: tuple[int, ...] = (25, 50, 100)  # words generated: the first >= num_words
+  max_words: int = 100  # words per continuation
+  # Words per generator call: more make others wait longer, fewer add calls' overhead.
+  chunk_words: int = 10
   max_samples: int = 8  # continuations per request
   max_seed_chars: int = 1000
   max_temperature: float = 2.0
@@ -44,19 +51,17 @@ class Limits:
   top_p_choices: tuple[float, ...] = (1.0, 0.95, 0.9, 0.8)  # 1.0: no top-p
 
   def __post_init__(self):
-    for name in ('batch_sizes', 'word_buckets'):
-      sizes = getattr(self, name)
-      if not sizes or sizes[0] < 1 or list(sizes) != sorted(set(sizes)):
-        raise UserError(f'{name} must be increasing positive integers, got {sizes}')
+    sizes = self.batch_sizes
+    if not sizes or sizes[0] < 1 or list(sizes) != sorted(set(sizes)):
+      raise UserError(f'batch_sizes must be increasing positive integers, got {sizes}')
+    if not 1 <= self.chunk_words <= self.max_words:
+      raise UserError(f'chunk_words must be from 1 to max_words {self.max_words}, '
+                      f'got {self.chunk_words}')
     if not 1 <= self.max_samples <= self.batch_sizes[-1]:
       raise UserError(f'max_samples must be from 1 to the largest batch size '
                       f'{self.batch_sizes[-1]}, got {self.max_samples}')
     if 0 not in self.top_k_choices or 1.0 not in self.top_p_choices:
       raise UserError('the top-k menu must offer 0 and the top-p menu 1.0 (no truncation)')
-
-  @property
-  def max_words(self) -> int:
-    return self.word_buckets[-1]
 
   @property
   def default_words(self) -> int:
@@ -91,33 +96,49 @@ class Settings:
         rng_seed=_within(fields, 'rng_seed', int, None, 0, MAX_RNG_SEED))
 
 
+def quoted(value: Any) -> str:
+  """A refused value as its message shows it, on one line: a number or a text by its repr (an
+  integer whole, a float with the digits that put it out of range), `cut`; a container by its
+  JSON kind, as repr would recurse as deep as it nests."""
+  if not isinstance(value, str | int | float):
+    return _KINDS.get(type(value), type(value).__name__)
+  return cut(repr(value))
+
+
+def cut(text: str) -> str:
+  """The text, or its first MAX_QUOTED characters and its length: a message stays short."""
+  return text if len(text) <= MAX_QUOTED else f'{text[:MAX_QUOTED]}... ({len(text):,} characters)'
+
+
 def _value(fields: Mapping[str, Any], name: str, kind: type, default: Any) -> Any:
   value = fields.get(name)
   if value is None or (isinstance(value, str) and not value.strip()):
     return default
   if isinstance(value, str):
-    try:
+    with contextlib.suppress(ValueError):  # which int() also raises past 4,300 digits
       return kind(value)
-    except ValueError:
-      pass
   elif isinstance(value, int if kind is int else int | float) and not isinstance(value, bool):
-    return kind(value)
-  raise UserError(f'{name} must be {"an integer" if kind is int else "a number"}, got {value!r}')
+    # An int stays one until it is in range: float() of one past 1e308 overflows.
+    return value
+  raise UserError(f'{name} must be {"an integer" if kind is int else "a number"}, '
+                  f'got {quoted(value)}')
 
 
 def _within(fields, name, kind, default, low, high):
   value = _value(fields, name, kind, default)
-  if value is not None and not low <= value <= high:  # NaN is in no range
-    raise UserError(f'{name} must be from {low:g} to {high:g}, got {value:g}')
-  return value
+  if value is None:
+    return None
+  if not low <= value <= high:  # NaN is in no range
+    raise UserError(f'{name} must be from {low!r} to {high!r}, got {quoted(value)}')
+  return kind(value)
 
 
 def _among(fields, name, kind, default, choices):
   value = _value(fields, name, kind, default)
   if value not in choices:
-    raise UserError(f'{name} must be one of {", ".join(f"{c:g}" for c in choices)}, '
-                    f'got {value:g}')
-  return value
+    raise UserError(f'{name} must be one of {", ".join(map(repr, choices))}, '
+                    f'got {quoted(value)}')
+  return kind(value)
 
 
 class Sample(NamedTuple):
@@ -136,7 +157,7 @@ class Continuations:
 
 class _Job(NamedTuple):
   """One request's rows of a call."""
-  prompts: np.ndarray  # int32[rows, training_length]
+  prompts: np.ndarray  # int32[rows, Service.context_length]: the context so far, left-padded
   keys: np.ndarray  # uint32[rows, 2]: raw threefry keys, one per row
   temperatures: np.ndarray  # f32[rows]
 
@@ -150,7 +171,7 @@ class Service:
     mode: 'window' or 'stateful' (`sampling.MODES`); seeds are read through their last
       training_length words in both.
     limits: caps and compiled shapes.
-    wait_s: how long a request waits for others to share its call.
+    wait_s: how long a new request waits for others to share its call.
     micro_batching: False gives every request a call of its own, for comparison.
   """
 
@@ -170,30 +191,34 @@ class Service:
   def training_length(self) -> int:
     return self.config.data.training_length
 
+  @property
+  def context_length(self) -> int:
+    """The tokens a call reads: the window, or in stateful mode all that can precede a chunk
+    (the seed's window and every chunk but the last), so that every call has one shape."""
+    if self.mode == 'window':
+      return self.training_length
+    chunk = self.limits.chunk_words
+    return self.training_length + chunk * (-(-self.limits.max_words // chunk) - 1)
+
   def warm_up(self) -> int:
-    """Compiles the default decoding for every batch size and word bucket; returns how many."""
-    for words in self.limits.word_buckets:
-      for size in self.limits.batch_sizes:
-        prompts = np.zeros((size, self.training_length), np.int32)
-        self._run((words, 0, 1.0), [_Job(prompts, np.zeros((size, 2), np.uint32),
-                                         np.ones(size, np.float32))])
-    return len(self.limits.word_buckets) * len(self.limits.batch_sizes)
+    """Compiles the default decoding for every batch size; returns how many programs."""
+    for size in self.limits.batch_sizes:
+      prompts = np.zeros((size, self.context_length), np.int32)
+      self._run((0, 1.0), [_Job(prompts, np.zeros((size, 2), np.uint32),
+                                np.ones(size, np.float32))])
+    return len(self.limits.batch_sizes)
 
   def health(self) -> dict[str, Any]:
     return {'status': 'ok', 'model': type(self.model).__name__, 'cell': self.config.model.cell,
             'model_config': dataclasses.asdict(self.config.model),
             'vocab_size': self.tokenizer.vocab_size, 'training_length': self.training_length,
             'checkpoint': self.checkpoint, 'checkpoint_step': self.step, 'mode': self.mode,
-            'limits': dataclasses.asdict(self.limits) | {'max_words': self.limits.max_words},
+            'limits': dataclasses.asdict(self.limits),
             'batching': dict(self.batcher.counts)}
 
   async def continue_text(self, seed_text: Any, settings: Settings) -> Continuations:
     """Continuations of the user's text; UserError for text that is empty, too long or unknown."""
-    if not isinstance(seed_text, str) or not seed_text.strip():
-      raise UserError('seed_text must be some text to continue')
-    if len(seed_text) > self.limits.max_seed_chars:
-      raise UserError(f'seed_text must be at most {self.limits.max_seed_chars} characters, '
-                      f'got {len(seed_text)}')
+    _check_seed_text(seed_text, self.limits.max_seed_chars)
     seed = seeds.from_text(seed_text, self.tokenizer)
     settings = _with_rng_seed(settings)
     rng = np.random.default_rng(settings.rng_seed)
@@ -235,24 +260,31 @@ class Service:
   async def _generate(self, tokens: list[int], temperatures: np.ndarray, num_words: int,
                       top_k: int, top_p: float,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(int32[rows, num_words], f32[rows, num_words]): one row per temperature."""
-    rows = len(temperatures)
-    prompts = np.repeat(seeds.pad([tokens], self.training_length), rows, axis=0)
-    keys = rng.integers(0, 2**32, size=(rows, 2), dtype=np.uint32)
-    bucket = next(b for b in self.limits.word_buckets if b >= num_words)
-    generated, log_probs = await self.batcher.submit(
-        (bucket, top_k, top_p), _Job(prompts, keys, temperatures), rows)
-    return generated[:, :num_words], log_probs[:, :num_words]
+    """(int32[rows, num_words], f32[rows, num_words]): one row per temperature, a call per
+    chunk of words, each call reading the context that the last one left."""
+    rows, chunk = len(temperatures), self.limits.chunk_words
+    # The seed cut to its window, as the model was trained, then padded to what a call reads.
+    context = np.repeat(seeds.pad(seeds.pad([tokens], self.training_length),
+                                  self.context_length), rows, axis=0)
+    # Call-major, so that the first calls' keys, and text, do not depend on num_words.
+    keys = rng.integers(0, 2**32, size=(-(-num_words // chunk), rows, 2), dtype=np.uint32)
+    parts = []
+    for call, call_keys in enumerate(keys):
+      generated, log_probs = await self.batcher.submit(
+          (top_k, top_p), _Job(context, call_keys, temperatures), rows, continues=call > 0)
+      parts.append((generated, log_probs))
+      context = np.concatenate([context, generated], axis=1)[:, -context.shape[1]:]
+    return tuple(np.concatenate(part, axis=1)[:, :num_words] for part in zip(*parts))
 
-  def _run(self, group: tuple[int, int, float],
+  def _run(self, group: tuple[int, float],
            jobs: Sequence[_Job]) -> list[tuple[np.ndarray, np.ndarray]]:
     """One generator call for the jobs' rows, padded to a batch size; each job's rows back."""
-    num_words, top_k, top_p = group
+    top_k, top_p = group
     rows = sum(len(job.temperatures) for job in jobs)
     size = next(s for s in self.limits.batch_sizes if s >= rows)
     generated = sampling.generate(
         self.model, self.params, _stack([j.prompts for j in jobs], size, 0),
-        _stack([j.keys for j in jobs], size, 0), num_words,
+        _stack([j.keys for j in jobs], size, 0), self.limits.chunk_words,
         _stack([j.temperatures for j in jobs], size, 1.0),
         sampling.Decoding(self.mode, top_k, top_p, unknown_id=self.tokenizer.unknown_id))
     ends = np.cumsum([len(job.temperatures) for job in jobs])
@@ -265,6 +297,18 @@ def _stack(arrays: Sequence[np.ndarray], size: int, fill: float) -> np.ndarray:
   rows = sum(len(a) for a in arrays)
   return np.concatenate([*arrays, np.full((size - rows, *arrays[0].shape[1:]), fill,
                                           arrays[0].dtype)])
+
+
+def _check_seed_text(seed_text: Any, max_chars: int):
+  if not isinstance(seed_text, str) or not seed_text.strip():
+    raise UserError('seed_text must be some text to continue')
+  if len(seed_text) > max_chars:
+    raise UserError(f'seed_text must be at most {max_chars} characters, got {len(seed_text)}')
+  try:
+    seed_text.encode('utf-8')
+  except UnicodeEncodeError as e:  # JSON can spell half of a surrogate pair alone: "\ud800"
+    raise UserError(f'seed_text must be Unicode text: character {e.start} is half of a '
+                    f'surrogate pair ({quoted(seed_text[e.start])})') from None
 
 
 def _with_rng_seed(settings: Settings) -> Settings:

@@ -4,7 +4,8 @@ Pages (plain HTML forms, no script): `/` continues the user's text, `/random` a 
 beside its real continuation, `/game` plays human or machine. API: `POST /api/generate`,
 `GET /api/random`, `GET /api/health`. Bad input is answered 4xx with a one-line message, as
 JSON under /api/ and as a page elsewhere. Every text that comes from a request or the model is
-HTML-escaped where it is written into a page.
+HTML-escaped where it is written into a page; JSON is written in ASCII, and every response is
+marked nosniff.
 """
 
 import collections
@@ -18,9 +19,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rnn_jax.errors import UserError
 from rnn_jax.serve import game
@@ -30,10 +32,11 @@ MAX_BODY_BYTES = 16_384
 MAX_ROUNDS = 10_000  # rounds dealt and not yet answered; the oldest are forgotten first
 MAX_SCORE = 1_000_000
 SEED_TAIL_WORDS = 6  # words of the seed shown before each continuation
-SECURITY_HEADERS = {  # no script runs on these pages, whatever a text slipped past escaping
+PAGE_HEADERS = {  # no script runs on these pages, whatever a text slipped past escaping
     'Content-Security-Policy': "default-src 'none'; style-src 'unsafe-inline'; "
-                               "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-    'X-Content-Type-Options': 'nosniff'}
+                               "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"}
+# A browser must not take a JSON answer, which quotes what the request sent, for a page.
+NOSNIFF = (b'x-content-type-options', b'nosniff')
 STYLE = """
 body { font-family: Georgia, serif; max-width: 46em; margin: 1em auto; padding: 0 1em;
        color: #222; line-height: 1.45; }
@@ -47,7 +50,7 @@ textarea { width: 100%; font: inherit; } .settings { display: flex; flex-wrap: w
 """
 
 
-def app(service: serving.Service) -> Starlette:
+def app(service: serving.Service) -> ASGIApp:
   """The application; its lifespan runs the service's micro-batcher."""
   pages, api = _Pages(service), _Api(service)
 
@@ -60,8 +63,33 @@ def app(service: serving.Service) -> Starlette:
             Route('/game', pages.game, methods=['GET', 'POST']),
             Route('/api/generate', api.generate, methods=['POST']),
             Route('/api/random', api.random), Route('/api/health', api.health)]
-  return Starlette(routes=routes, lifespan=lifespan, max_body_size=MAX_BODY_BYTES,
-                   exception_handlers={HTTPException: _http_error, UserError: _user_error})
+  handlers = {HTTPException: _http_error, UserError: _user_error, ClientDisconnect: _gone}
+  # Outside Starlette's own middleware, so that its answers (413, 500) are marked too.
+  return _NoSniff(Starlette(routes=routes, lifespan=lifespan, max_body_size=MAX_BODY_BYTES,
+                            exception_handlers=handlers))
+
+
+class _NoSniff:
+  """An ASGI app whose responses all carry NOSNIFF."""
+
+  def __init__(self, inner: ASGIApp):
+    self._inner = inner
+
+  async def __call__(self, scope: Scope, receive: Receive, send: Send):
+    async def send_marked(message: Message):
+      if message['type'] == 'http.response.start':
+        message = {**message, 'headers': [*message.get('headers', []), NOSNIFF]}
+      await send(message)
+
+    await self._inner(scope, receive, send_marked)
+
+
+class _JSONResponse(JSONResponse):
+  """JSON in ASCII: a text that the request's JSON held, half a surrogate pair included, goes
+  back escaped as it came, which UTF-8 could not encode."""
+
+  def render(self, content: Any) -> bytes:
+    return json.dumps(content, allow_nan=False, separators=(',', ':')).encode('ascii')
 
 
 def _is_api(request: Request) -> bool:
@@ -70,14 +98,19 @@ def _is_api(request: Request) -> bool:
 
 def _http_error(request: Request, error: HTTPException) -> Response:
   if _is_api(request):
-    return JSONResponse({'error': error.detail}, error.status_code)
-  return _page('Error', _error(error.detail), error.status_code)
+    return _JSONResponse({'error': error.detail}, error.status_code, error.headers)
+  return _page('Error', _error(error.detail), error.status_code, error.headers)
 
 
 def _user_error(request: Request, error: UserError) -> Response:
   if _is_api(request):
-    return JSONResponse({'error': str(error)}, 400)
+    return _JSONResponse({'error': str(error)}, 400)
   return _page('Error', _error(str(error)), 400)
+
+
+def _gone(unused_request: Request, unused_error: ClientDisconnect) -> Response:
+  """Nobody reads this answer: it keeps a client that left mid-body out of the error log."""
+  return Response(status_code=400)
 
 
 class _Api:
@@ -88,28 +121,44 @@ class _Api:
 
   async def generate(self, request: Request) -> Response:
     fields = await _json_object(request)
-    unknown = set(fields) - {'seed_text', *serving.Settings.FIELDS}
-    if unknown:
-      raise UserError(f'unknown field{"s" * (len(unknown) > 1)}: {", ".join(sorted(unknown))}')
+    _refuse_unknown(fields, {'seed_text', *serving.Settings.FIELDS})
     settings = serving.Settings.parse(fields, self._service.limits)
     return _json(await self._service.continue_text(fields.get('seed_text'), settings))
 
   async def random(self, request: Request) -> Response:
+    _refuse_unknown(request.query_params, set(serving.Settings.FIELDS))
     settings = serving.Settings.parse(request.query_params, self._service.limits)
     return _json(await self._service.continue_passage(settings))
 
   async def health(self, unused_request: Request) -> Response:
-    return JSONResponse(self._service.health())
+    return _JSONResponse(self._service.health())
+
+
+def _refuse_unknown(fields: Mapping[str, Any], known: set[str]):
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    names = serving.cut(', '.join(map(repr, unknown)))
+    raise UserError(f'unknown field{"s" * (len(unknown) > 1)}: {names}')
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
   try:
-    fields = json.loads(await request.body())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    fields = json.loads(await request.body(), parse_int=_integer)
+  except RecursionError:
+    raise UserError('the body must be a JSON object: it nests too deeply') from None
+  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
     raise UserError(f'the body must be a JSON object: {e}') from None
   if not isinstance(fields, dict):
     raise UserError(f'the body must be a JSON object, got {type(fields).__name__}')
   return fields
+
+
+def _integer(digits: str) -> int:
+  try:
+    return int(digits)
+  except ValueError:  # past Python's limit on the digits of an integer string (4,300)
+    raise UserError(f'the body holds an integer of {len(digits.lstrip("-")):,} digits, more '
+                    f'than any field takes') from None
 
 
 def _json(continuations: serving.Continuations) -> JSONResponse:
@@ -118,7 +167,7 @@ def _json(continuations: serving.Continuations) -> JSONResponse:
             **vars(continuations.settings)}
   if continuations.actual is not None:
     answer['actual'] = continuations.actual
-  return JSONResponse(answer)
+  return _JSONResponse(answer)
 
 
 class _Pages:
@@ -248,14 +297,18 @@ class _Pages:
     return _page(title, f'<p class="model">{model}</p>{body}', status)
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+def _page(title: str, body: str, status: int = 200,
+          headers: Mapping[str, str] | None = None) -> HTMLResponse:
   document = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
               f'<meta name="viewport" content="width=device-width, initial-scale=1">'
               f'<title>rnn-jax: {_e(title)}</title><style>{STYLE}</style></head><body><nav>'
               f'<a href="/">Continue your text</a><a href="/random">Random passage</a>'
               f'<a href="/game">Human or machine?</a></nav><h1>{_e(title)}</h1>{body}'
               f'</body></html>')
-  return HTMLResponse(document, status, headers=SECURITY_HEADERS)
+  # Texts come from the model and from forms and query strings, which decode what is not UTF-8
+  # as U+FFFD; should half a surrogate pair still get in, it is shown as "?" rather than fail.
+  return HTMLResponse(document.encode('utf-8', 'replace'), status,
+                      headers=PAGE_HEADERS | dict(headers or {}))
 
 
 def _error(message: str) -> str:
