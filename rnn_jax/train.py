@@ -189,7 +189,7 @@ def _start_or_resume(workdir: Path, config: Config, dataset: data.Dataset, resum
   if state is None:  # a resumed run that ended before its first checkpoint
     state = parallel.place(_fresh_state(config, dataset))
   # Epochs after the checkpoint (a crash before its save finished) will run again.
-  checkpoints.truncate_metrics(workdir, progress['epoch'])
+  checkpoints.restore_metrics(workdir, progress)
   parallel.barrier('start_or_resume')  # process 0 has cleared or set aside what others read
   return state, progress
 
@@ -264,8 +264,9 @@ def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state,
       record['learning_rate'] = optimizer.learning_rate(state)
       if not stopper.has_improved:  # the next epoch runs at the lower rate
         state = optimizer.cut_learning_rate(state, config.train.lr_plateau_factor)
+    # The record too: a line lost or cut beside a complete checkpoint is written again from it.
     progress = {'epoch': epoch, 'best_metric': stopper.best_metric,
-                'patience_count': stopper.patience_count}
+                'patience_count': stopper.patience_count, 'record': record}
     # The line goes first: if the checkpoint is not complete when a kill comes, --resume
     # drops the line and runs the epoch again.
     checkpoints.append_metrics(workdir, record)
@@ -303,7 +304,7 @@ def load(workdir: str | Path, which: str = 'best') -> tuple[Config, Any, WordRNN
       raise UserError(f'{workdir} holds no {"epoch-end " if which == "best" else ""}'
                       'checkpoint yet')
     target = create_train_state(config, tokenizer.vocab_size)
-    state, _ = checkpoints.restore(manager, step, target)
+    state, _ = checkpoints.read_back(manager, step, target)
   finally:
     manager.close()
   params = optimizer.for_evaluation(state).params

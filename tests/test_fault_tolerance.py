@@ -1,5 +1,6 @@
 """Issue 9's promises with real processes and real signals: a run killed at any moment resumes
 bit for bit, a corrupt checkpoint is set aside, a NaN is never saved, a failed write is one line.
+Checksums and damaged run files: test_checkpoint_integrity.py.
 
 The reference is the `trained` fixture: the same tiny run, uninterrupted and checkpointed only at
 epoch ends (13 steps an epoch, 39 in all).
@@ -9,6 +10,7 @@ import functools
 import logging
 from pathlib import Path
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,6 +132,25 @@ def test_sigterm_saves_and_corrupt_checkpoints_are_set_aside(corpus, trained, tm
   assert_same_run(workdir, reference)
   saved_config, _ = checkpoints.read_run(workdir)
   assert saved_config.train.max_epochs == 3  # what the last resume ran with
+
+
+def test_checkpoints_that_all_fail_to_read_are_one_line_and_no_traceback(corpus, trained,
+                                                                        tmp_path):
+  reference, _ = trained
+  workdir = Path(shutil.copytree(reference, tmp_path / 'run'))
+  for step in steps_on_disk(workdir):  # every array's read fails, the others still in flight
+    data_file = next((workdir / checkpoints.CHECKPOINTS / str(step) / 'state' / 'd').iterdir())
+    data_file.write_bytes(data_file.read_bytes()[:data_file.stat().st_size // 2])
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.train', f'--workdir={workdir}',
+       *flags_of(tiny_config(corpus)), '--resume'],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 2
+  assert 'Traceback' not in result.stderr and 'Exception ignored' not in result.stderr
+  expected = (f'error: no checkpoint in {re.escape(str(workdir))} reads back '
+              r'\(step 39: ValueError: .+\); to start over, pass --overwrite')
+  lines = [line for line in result.stderr.splitlines() if not line.startswith('I')]
+  assert len(lines) == 1 and re.fullmatch(expected, lines[0]), result.stderr
 
 
 def test_the_first_signal_asks_to_stop_and_a_second_one_stops_at_once():

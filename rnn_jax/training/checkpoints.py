@@ -14,7 +14,9 @@ alone writes the other files.
 
 A checkpoint's progress is a JSON object: 'epoch' (epochs finished), 'batches_done' and
 'train_sums' (how far into the next epoch, and its metric sums so far; absent at an epoch's end),
-the early-stopping 'best_metric' and 'patience_count', and the parameters' 'param_shapes'.
+the early-stopping 'best_metric' and 'patience_count', 'record' (the last finished epoch's line
+of metrics.jsonl), the parameters' 'param_shapes', and the checksums of `integrity`. Older
+checkpoints may lack the record and the checksums.
 """
 
 import contextlib
@@ -33,6 +35,8 @@ import orbax.checkpoint as ocp
 from rnn_jax.configs import Config, RESUMABLE
 from rnn_jax.corpus.text import Tokenizer
 from rnn_jax.errors import UserError
+from rnn_jax.training import integrity
+from rnn_jax.training import orbax_loop
 from rnn_jax.training import parallel
 
 CONFIG = 'config.json'
@@ -42,6 +46,9 @@ RESULTS = 'results.json'
 CHECKPOINTS = 'checkpoints'
 UNREADABLE = 'unreadable_checkpoints'
 RUN_FILES = (CONFIG, TOKENIZER, METRICS, RESULTS, CHECKPOINTS, UNREADABLE)
+
+
+orbax_loop.cancel_leftovers()
 
 
 @contextlib.contextmanager
@@ -110,9 +117,10 @@ def save(checkpoint_manager: ocp.CheckpointManager, step: int, state: Any,
   """Saves in the background: training goes on while the state is written.
 
   `val_loss` is given at epoch ends only. The progress records the parameters' shapes, so that a
-  restore into another model is told what differs rather than failing deep inside orbax.
+  restore into another model is told what differs rather than failing deep inside orbax, and the
+  checksums that restore checks.
   """
-  progress = progress | {'param_shapes': _shapes(state.params)}
+  progress = integrity.seal(progress | {'param_shapes': _shapes(state.params)}, state)
   metrics = None if val_loss is None else {'val_loss': val_loss}
   with writing(checkpoint_manager.directory):
     checkpoint_manager.save(step, metrics=metrics, args=ocp.args.Composite(
@@ -121,28 +129,48 @@ def save(checkpoint_manager: ocp.CheckpointManager, step: int, state: Any,
 
 def restore(checkpoint_manager: ocp.CheckpointManager, step: int,
             target: Any) -> tuple[Any, dict]:
-  """Returns the (state, progress) saved at `step`; `target` gives the state's structure."""
+  """Returns the (state, progress) saved at `step`; `target` gives the state's structure.
+
+  A state that differs from its checksums raises integrity.ChecksumError.
+  """
   saved = progress_of(checkpoint_manager, step)
   expected = _shapes(target.params)
   if saved.get('param_shapes', expected) != expected:
     raise UserError(f'the checkpoint at step {step} holds another model than the config '
                     f'describes: {_shape_differences(saved["param_shapes"], expected)}')
-  restored = checkpoint_manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()))
-  return restored.state, restored.progress
+  state = checkpoint_manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target))).state
+  integrity.check_arrays(saved, state)
+  return state, saved
+
+
+def read_back(checkpoint_manager: ocp.CheckpointManager, step: int,
+              target: Any) -> tuple[Any, dict]:
+  """restore() for those who only read (sampling, evaluation, serving): a checkpoint that does
+  not read back is refused in one line."""
+  try:
+    return restore(checkpoint_manager, step, target)
+  except UserError:
+    raise
+  # Orbax and tensorstore report damage as OSError, ValueError, KeyError or bare Exception.
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    raise UserError(f'the checkpoint {checkpoint_manager.directory / str(step)} does not read '
+                    f'back ({_reason(error)}): it is damaged') from None
 
 
 def progress_of(checkpoint_manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   """The progress saved at `step` (its epoch, position and early-stopping state)."""
-  return checkpoint_manager.restore(step, args=ocp.args.Composite(
+  progress = checkpoint_manager.restore(step, args=ocp.args.Composite(
       progress=ocp.args.JsonRestore())).progress
+  integrity.check_progress(progress)
+  return progress
 
 
 def restore_latest(workdir: str | Path, target: Any) -> tuple[Any, dict] | None:
   """(state, progress) of the newest checkpoint that reads back whole; None when there is none.
 
-  Every checkpoint is read: one whose files were cut short, deleted or garbled (orbax's array
-  data carries checksums) is moved to unreadable_checkpoints/ with a warning, and an older one
+  Every checkpoint is read: one whose files were cut short, deleted or garbled (orbax's errors,
+  or checksums that differ) is moved to unreadable_checkpoints/ with a warning, and an older one
   is used. The training manager reads every checkpoint's metrics when it opens, so those are
   checked too. When none reads back, the cause is more likely the reader than the files: the
   newest one's error is raised and nothing is moved.
@@ -206,8 +234,15 @@ def read_run(workdir: str | Path) -> tuple[Config, Tokenizer]:
   workdir = Path(workdir)
   if not has_run(workdir):
     raise UserError(f'{workdir} holds no run (no {CONFIG})')
-  config = Config.from_json((workdir / CONFIG).read_text())
-  return config, Tokenizer.from_json((workdir / TOKENIZER).read_text())
+  return _read(workdir / CONFIG, Config.from_json), _read(workdir / TOKENIZER, Tokenizer.from_json)
+
+
+def _read(path: Path, parse):
+  """A run file parsed, or one line naming it: cut short, deleted, garbled or not the file."""
+  try:
+    return parse(path.read_text())
+  except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+    raise UserError(f'cannot read {path} ({_reason(error)}): the work dir is damaged') from None
 
 
 def config_for(workdir: str | Path, config: Config, *, resume: bool, overwrite: bool) -> Config:
@@ -267,8 +302,16 @@ def write_file(path: Path, text: str):
     return
   partial = path.with_name(path.name + '.part')
   with writing(path.parent):
-    partial.write_text(text)
+    with open(partial, 'w') as f:
+      f.write(text)
+      _sync(f)
     os.replace(partial, path)
+
+
+def _sync(f):
+  """On the disk before the next checkpoint is: a power loss keeps what a checkpoint covers."""
+  f.flush()
+  os.fsync(f.fileno())
 
 
 def append_metrics(workdir: str | Path, record: dict[str, Any]):
@@ -276,14 +319,23 @@ def append_metrics(workdir: str | Path, record: dict[str, Any]):
     return
   with writing(workdir), open(Path(workdir) / METRICS, 'a') as f:
     f.write(json.dumps(record) + '\n')
+    _sync(f)
 
 
-def truncate_metrics(workdir: str | Path, last_epoch: int):
-  """Drops the metrics of epochs after last_epoch, and a line a kill cut short."""
+def restore_metrics(workdir: str | Path, progress: dict[str, Any]):
+  """metrics.jsonl as it was when the checkpoint of `progress` was saved.
+
+  Drops the lines of epochs after it and a line a kill cut short, and writes again from the
+  checkpoint's record the line of the epoch it ends or follows, should that one be missing.
+  """
   path = Path(workdir) / METRICS
-  if path.exists() and parallel.is_primary():
-    lines = path.read_text().splitlines(keepends=True)
-    path.write_text(''.join(line for line in lines if _epoch_of(line) <= last_epoch))
+  if not parallel.is_primary() or not (path.exists() or 'record' in progress):
+    return
+  lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+  kept = [line for line in lines if _epoch_of(line) <= progress['epoch']]
+  if 'record' in progress and not any(_epoch_of(line) == progress['epoch'] for line in kept):
+    kept.append(json.dumps(progress['record']) + '\n')
+  write_file(path, ''.join(kept))
 
 
 def _epoch_of(line: str) -> float:

@@ -110,7 +110,7 @@ def final_evaluation(workdir: Path, manager, state, dataset: data.Dataset, eval_
   """Scores the best checkpoint on validation (and test) beside the naive and n-gram baselines;
   `state` gives the structure (and placement) to restore into."""
   step = manager.best_step()
-  state, progress = checkpoints.restore(manager, step, state)
+  state, progress = checkpoints.read_back(manager, step, state)
   state = optimizer.for_evaluation(state)
   best = progress['epoch']
   results = {'best_epoch': best}
