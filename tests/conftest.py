@@ -19,12 +19,17 @@ CYCLE = 'alpha beta gamma delta epsilon zeta eta theta'.split()
 
 
 def pytest_configure(config):
-  """One persistent compilation cache for the session and every process its tests start.
+  """One persistent compilation cache for the session and every process its tests start, and
+  XLA's CPU backend at its lowest optimization level.
 
   Most tests, and the command-line runs they start, compile the same tiny programs again, and
   compiling is most of their time. The cache must be set before the first compilation, which jax
-  takes as its cue to decide whether to use one.
+  takes as its cue to decide whether to use one. LLVM's optimizations cost more to compile than
+  they save on the tests' tiny programs (tests/test_models.py and test_objective.py: 94 s -> 64
+  s); results compare within one level, and the references are NumPy's or tolerances.
   """
+  os.environ['XLA_FLAGS'] = ' '.join(
+      [os.environ.get('XLA_FLAGS', ''), '--xla_backend_optimization_level=0']).strip()
   cache = tempfile.mkdtemp(prefix='rnn-jax-tests-compilation-cache-')
   config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
   os.environ['JAX_COMPILATION_CACHE_DIR'] = cache  # inherited by the processes tests start
@@ -89,8 +94,9 @@ def trained(corpus, tmp_path_factory) -> tuple[Path, dict]:
 
 @pytest.fixture(scope='session', params=sorted(cells.CELLS))
 def trained_cell(request, trained, corpus, tmp_path_factory) -> tuple[Path, dict]:
-  """`trained` for every registered cell: the tests of what users run with a trained model
-  (sampling, serving, the cache, inspection) take this one."""
+  """`trained` for every registered cell, for the tests of what a cell changes in a trained
+  model (generation, dynamic evaluation, resume). What only drives the model (the commands, the
+  server, the cache) runs once, on `trained`: the cell tests hold every cell to its reference."""
   if request.param == tiny_config(corpus).model.cell:
     return trained
   workdir = tmp_path_factory.mktemp(f'run_{request.param}')

@@ -55,8 +55,8 @@ def last_h(model, params, state):
 
 
 @pytest.fixture(scope='module')
-def run(trained_cell):
-  workdir, _ = trained_cell
+def run(trained):
+  workdir, _ = trained
   config, _, model, params = train.load(workdir)
   return model, params, data.prepare(config)
 
@@ -71,10 +71,9 @@ def test_grid_matches_the_step_by_step_reference(run):
     assert grid['accuracy'][theta, weight] == pytest.approx(accuracy)
 
 
-def test_weight_zero_is_the_model_alone_and_the_choice_is_the_best_on_validation(run,
-                                                                                trained_cell):
+def test_weight_zero_is_the_model_alone_and_the_choice_is_the_best_on_validation(run, trained):
   model, params, dataset = run
-  _, results = trained_cell
+  _, results = trained
   grid = cache.grid_scores(model, params, dataset.valid)
   np.testing.assert_allclose(grid['loss'][:, 0], results['valid']['loss'], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(grid['accuracy'][:, 0], results['valid']['accuracy'])
@@ -83,7 +82,7 @@ def test_weight_zero_is_the_model_alone_and_the_choice_is_the_best_on_validation
   assert (tuned['theta'], tuned['weight']) == (cache.THETAS[best[0]], cache.WEIGHTS[best[1]])
   assert tuned['valid']['loss'] == pytest.approx(grid['loss'].min())
   assert set(tuned) == {'theta', 'weight', 'valid', 'test'}
-  workdir, _ = trained_cell
+  workdir, _ = trained
   reported = evaluation.evaluate_run(workdir, 'test', cache=True)
   assert reported['cache_loss'] == pytest.approx(tuned['test']['loss'])
   with_ngram = cache.ngram_tune_and_score(dataset)

@@ -40,8 +40,8 @@ def test_end_of_input_ends_the_game_with_the_score():
   assert said.endswith('Final score: 1 of 1 round.\n')
 
 
-def test_rounds_show_the_real_continuation_beside_two_generated_ones(trained_cell):
-  workdir, _ = trained_cell
+def test_rounds_show_the_real_continuation_beside_two_generated_ones(trained):
+  workdir, _ = trained
   config, tokenizer, model, params = train.load(workdir)
   texts = data.prepare(config).valid_texts
   rounds = game.make_rounds(model, params, tokenizer, texts, config.data.training_length,

@@ -18,8 +18,8 @@ def run(module: str, *args: str, stdin: str = '') -> subprocess.CompletedProcess
                         input=stdin, capture_output=True, text=True)
 
 
-def test_sample_continues_seed_texts_and_writes_jsonl(trained_cell, tmp_path):
-  workdir, _ = trained_cell
+def test_sample_continues_seed_texts_and_writes_jsonl(trained, tmp_path):
+  workdir, _ = trained
   output = tmp_path / 'samples.jsonl'
   result = run('sample', f'--workdir={workdir}', '--seed_text=alpha beta gamma delta',
                '--seed_text=delta epsilon zeta UNKNOWN eta', '--num_samples=2', '--num_words=6',
@@ -71,11 +71,11 @@ def test_sample_reports_bad_input_on_one_line(trained, args, message):
   assert 'Traceback' not in result.stderr
 
 
-def test_window_and_stateful_sampling_agree_for_a_seed_shorter_than_the_window(trained_cell,
+def test_window_and_stateful_sampling_agree_for_a_seed_shorter_than_the_window(trained,
                                                                                tmp_path):
   """Window mode (the default) skips the left padding of a 1-word seed: while the window of 4
   holds the context, its words and their log-probabilities are stateful mode's, same keys."""
-  workdir, _ = trained_cell
+  workdir, _ = trained
   records = []
   for mode in ('window', 'stateful'):
     output = tmp_path / f'{mode}.jsonl'
@@ -90,8 +90,8 @@ def test_window_and_stateful_sampling_agree_for_a_seed_shorter_than_the_window(t
     assert window['mean_logprob'] == pytest.approx(stateful['mean_logprob'], abs=1e-6)
 
 
-def test_activations_names_the_cell_and_its_units(trained_cell):
-  workdir, _ = trained_cell
+def test_activations_names_the_cell_and_its_units(trained):
+  workdir, _ = trained
   cell = read_config(workdir)['cell']
   result = run('activations', f'--workdir={workdir}', '--text=alpha beta gamma', '--noheatmap',
                '--top_units=2')

@@ -25,8 +25,8 @@ HUGE = 10**309  # past float's range: float(HUGE) overflows
 
 
 @pytest.fixture(scope='module')
-def service(trained_cell):
-  workdir, _ = trained_cell
+def service(trained):
+  workdir, _ = trained
   served = serving.Service(workdir, limits=LIMITS, wait_s=0.02)
   assert served.warm_up() == 2
   return served
@@ -39,8 +39,8 @@ def client(service):
 
 
 @pytest.fixture(scope='module')
-def stateful_service(trained_cell):
-  workdir, _ = trained_cell
+def stateful_service(trained):
+  workdir, _ = trained
   return serving.Service(workdir, mode='stateful', limits=LIMITS, wait_s=0.02)
 
 
@@ -145,8 +145,8 @@ def test_settings_out_of_bounds_are_named(fields, message):
   assert len(str(refused.value)) < 150
 
 
-def test_health_names_the_model_vocabulary_and_checkpoint(client, trained_cell):
-  workdir, _ = trained_cell
+def test_health_names_the_model_vocabulary_and_checkpoint(client, trained):
+  workdir, _ = trained
   health = client.get('/api/health').json()
   assert health['status'] == 'ok' and health['model'] == 'WordRNN'
   assert health['cell'] == health['model_config']['cell'] == read_config(workdir)['cell']
