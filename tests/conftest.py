@@ -19,8 +19,8 @@ CYCLE = 'alpha beta gamma delta epsilon zeta eta theta'.split()
 
 
 def pytest_configure(config):
-  """One persistent compilation cache for the session and every process its tests start, and
-  XLA's CPU backend at its lowest optimization level.
+  """One persistent compilation cache for the session, its xdist workers and every process its
+  tests start, and XLA's CPU backend at its lowest optimization level.
 
   Most tests, and the command-line runs they start, compile the same tiny programs again, and
   compiling is most of their time. The cache must be set before the first compilation, which jax
@@ -28,14 +28,29 @@ def pytest_configure(config):
   they save on the tests' tiny programs (tests/test_models.py and test_objective.py: 94 s -> 64
   s); results compare within one level, and the references are NumPy's or tolerances.
   """
-  os.environ['XLA_FLAGS'] = ' '.join(
-      [os.environ.get('XLA_FLAGS', ''), '--xla_backend_optimization_level=0']).strip()
-  cache = tempfile.mkdtemp(prefix='rnn-jax-tests-compilation-cache-')
-  config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = cache  # inherited by the processes tests start
+  if 'PYTEST_XDIST_WORKER' in os.environ:  # a worker inherits the controller's settings
+    cache = os.environ['JAX_COMPILATION_CACHE_DIR']
+  else:
+    os.environ['XLA_FLAGS'] = ' '.join(
+        [os.environ.get('XLA_FLAGS', ''), '--xla_backend_optimization_level=0']).strip()
+    cache = tempfile.mkdtemp(prefix='rnn-jax-tests-compilation-cache-')
+    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = cache  # inherited by workers and subprocesses
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   jax.config.update('jax_compilation_cache_dir', cache)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+  """`-n auto`: a worker a core, at most 4. Each worker trains its own session fixtures and holds
+  its own JAX, so more would mostly repeat work and memory."""
+  return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
+def pytest_collection_modifyitems(items):
+  """The heavy tests first (a stable sort): the other workers then steal the light ones, and no
+  worker is left alone with a long test at the end."""
+  items.sort(key=lambda item: item.get_closest_marker('heavy') is None)
 
 
 @pytest.fixture(scope='session')

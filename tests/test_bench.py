@@ -15,6 +15,7 @@ KEYS = ('keras_train_windows_per_s', 'roofline_fraction', 'ratio_vs_flax', 'rati
         'jax', 'device', 'eval_over_train')
 
 
+@pytest.mark.heavy
 def test_smoke_run_reports_every_figure_as_one_json_line():
   # The LSTM's only: a GRU's run differs in the cell alone (`REFERENCES`), and each costs 20 s
   # of compiling. docs/speed.md has the GRU's figures.

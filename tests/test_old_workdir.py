@@ -43,6 +43,7 @@ def old_run(tmp_path, monkeypatch) -> Path:
   return workdir
 
 
+@pytest.mark.heavy
 def test_an_old_work_dir_loads_samples_evaluates_and_serves(old_run):
   config, _, model, _ = train.load(old_run)
   assert (config.model.cell, config.model.rnn_units, config.model.rnn_layers) == ('lstm', 4, 1)
@@ -65,6 +66,7 @@ def test_an_old_work_dir_loads_samples_evaluates_and_serves(old_run):
     assert answer.status_code == 200 and len(answer.json()['samples'][0]['generated'].split()) == 3
 
 
+@pytest.mark.heavy
 def test_an_old_work_dir_resumes_as_the_code_that_wrote_it_would_have(old_run):
   result = run('train', f'--workdir={old_run}', '--resume', '--max_epochs=3')
   assert result.returncode == 0, result.stderr

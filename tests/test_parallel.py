@@ -73,6 +73,7 @@ def assert_close_metrics(workdir: Path, reference: Path):
         assert record[name] == pytest.approx(value, rel=TOLERANCE), (record['epoch'], name)
 
 
+@pytest.mark.heavy
 def test_four_devices_train_and_generate_as_one(corpus, trained, tmp_path):
   reference, _ = trained
   child = subprocess.run(
@@ -115,6 +116,7 @@ def finish(processes: list[subprocess.Popen]) -> list[tuple[int, str]]:
   return [(process.returncode, error) for process, error in zip(processes, errors)]
 
 
+@pytest.mark.heavy
 @pytest.mark.multiprocess
 def test_two_processes_stop_together_and_resume_as_one(corpus, trained, tmp_path):
   """A SIGTERM to process 1 alone stops both at the same step with a collective checkpoint;

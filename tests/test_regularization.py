@@ -92,6 +92,7 @@ def test_the_average_follows_its_recurrence_and_the_params_are_adams():
                                 averaged.average['w'])
 
 
+@pytest.mark.heavy
 def test_a_run_scores_samples_and_resumes_with_its_average(corpus, tmp_path):
   config = tiny_config(corpus, average_decay=0.95, max_epochs=2, checkpoint_every_steps=1)
   straight = train.train_and_evaluate(config, tmp_path / 'straight')

@@ -71,6 +71,7 @@ def test_sample_reports_bad_input_on_one_line(trained, args, message):
   assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.heavy
 def test_window_and_stateful_sampling_agree_for_a_seed_shorter_than_the_window(trained,
                                                                                tmp_path):
   """Window mode (the default) skips the left padding of a 1-word seed: while the window of 4
