@@ -6,15 +6,13 @@
 from absl import flags
 from absl import logging
 import jax
-import numpy as np
 
 from experiments import config_flags
 from rnn_jax import train
 from rnn_jax.configs import RESUMABLE, Config
 from rnn_jax.corpus import data
-from rnn_jax.corpus import seeds
 from rnn_jax.errors import UserError
-from rnn_jax.generation import sampling
+from rnn_jax.generation import passages
 from rnn_jax.training import checkpoints
 from rnn_jax.training import metrics
 from rnn_jax.training import parallel
@@ -84,15 +82,11 @@ def print_standing(results: dict):
 
 def print_samples():
   config, tokenizer, model, params = train.load(FLAGS.workdir)
-  passages = seeds.random_passages(data.prepare(config).valid_texts, config.data.training_length,
-                                   FLAGS.samples, FLAGS.sample_words,
-                                   np.random.default_rng(config.seed))
-  generated = sampling.continue_seeds(model, params, passages, config.data.training_length,
-                                      jax.random.key(config.seed), FLAGS.sample_words,
-                                      FLAGS.temperature,
-                                      sampling.Decoding(unknown_id=tokenizer.unknown_id))
-  for passage, tokens in zip(passages, np.asarray(generated.tokens)):
-    print(f'\n{seeds.show(tokenizer, passage.tokens)}\n  -> {seeds.show(tokenizer, tokens)}')
+  shown = passages.continue_random(model, params, tokenizer, data.prepare(config).valid_texts,
+                                   config.data.training_length, FLAGS.samples, FLAGS.sample_words,
+                                   FLAGS.temperature, config.seed)
+  for seed_text, continuation in shown:
+    print(f'\n{seed_text}\n  -> {continuation}')
 
 if __name__ == '__main__':
   config_flags.run(main)

@@ -15,13 +15,15 @@ LEVELS = ('word', 'char')
 TXT_MODES = ('lines', 'stream')
 OBJECTIVES = ('last', 'every')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
-# How long to train and how often to report or checkpoint may change when a run resumes;
-# everything else is the run's own.
+MAX_EPOCH_SAMPLES = 100  # samples shown in the log, not a corpus: experiments.sample writes those
 # Hyperparameters renamed since a work dir's config.json was written: old name -> new name.
 RENAMED = {'lstm_layers': 'rnn_layers', 'lstm_units': 'rnn_units'}
 # What a saved config.json means by a field it lacks: the behaviour before the field existed.
 BEFORE_FIELD = {'min_count': 0, 'near_copy_share': 0.0}
-RESUMABLE = ('max_epochs', 'patience', 'min_delta', 'log_every', 'checkpoint_every_steps')
+# How long to train, how often to report or checkpoint and what samples to show may change when a
+# run resumes; everything else is the run's own.
+RESUMABLE = ('max_epochs', 'patience', 'min_delta', 'log_every', 'checkpoint_every_steps',
+             'samples_per_epoch')
 
 
 def _require(condition: bool, message: str):
@@ -130,6 +132,7 @@ class TrainConfig:
   patience: int = 5  # epochs without a val_loss improvement before stopping early
   min_delta: float = 0.0  # smallest val_loss decrease that counts as an improvement
   log_every: int = 20  # steps between progress updates (each one reads metrics to the host)
+  samples_per_epoch: int = 0  # validation passages continued after each epoch (log, TensorBoard)
   checkpoint_every_steps: int = 0  # also checkpoint every this many steps; 0: at epoch ends only
   skip_nonfinite: bool = False  # skip (and count) batches whose loss or gradient is NaN or inf
 
@@ -151,6 +154,9 @@ class TrainConfig:
     _require(self.min_delta >= 0, f'min_delta must be >= 0, got {self.min_delta}')
     _require(self.checkpoint_every_steps >= 0,
              f'checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}')
+    _require(0 <= self.samples_per_epoch <= MAX_EPOCH_SAMPLES,
+             f'samples_per_epoch must be from 0 to {MAX_EPOCH_SAMPLES}, '
+             f'got {self.samples_per_epoch}')
 
 
 @dataclasses.dataclass(frozen=True)

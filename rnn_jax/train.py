@@ -19,14 +19,19 @@ from rnn_jax.configs import Config, TrainConfig
 from rnn_jax.corpus import data
 from rnn_jax.corpus import embeddings
 from rnn_jax.errors import UserError
+from rnn_jax.generation import passages
 from rnn_jax.model.word_rnn import WordRNN
 from rnn_jax.training import checkpoints
+from rnn_jax.training import events
 from rnn_jax.training import metrics
 from rnn_jax.training import optimizer
 from rnn_jax.training import preemption
 from rnn_jax.training import progress_line
 from rnn_jax.training import regularization
 from rnn_jax.training.parallel import Parallel
+
+# Each epoch's samples: as long and as diverse as experiments.train's own at the end.
+EPOCH_SAMPLE_WORDS, EPOCH_SAMPLE_TEMPERATURE = 30, 0.75
 
 def create_train_state(config: Config, vocab_size: int,
                        embedding_matrix: np.ndarray | None = None) -> train_state.TrainState:
@@ -98,10 +103,12 @@ def training_data(dataset: data.Dataset, config: Config) -> data.Windows | data.
 
 def train_epoch(step_fn, state, windows: data.Windows | data.Chunks, config: Config,
                 progress: dict[str, Any], dropout_key: jax.Array, save_inside,
-                stop: preemption.StopRequest, parallel: Parallel) -> tuple[Any, dict[str, float]]:
+                stop: preemption.StopRequest, parallel: Parallel,
+                event_log: events.EventLog) -> tuple[Any, dict[str, float]]:
   """Runs the epoch after progress['epoch'] from where `progress` left it; returns the state and
-  the epoch's metric sums. Metrics stay on the device until a log step or a save reads them.
-  Each process reads its rows of every batch, which `parallel` splits over the mesh.
+  the epoch's metric sums. Metrics stay on the device until a log step or a save reads them;
+  the event log gets those since the last read. Each process reads its rows of every batch,
+  which `parallel` splits over the mesh.
 
   `save_inside(state, step, position)` saves at every checkpoint_every_steps-th global step and
   when `stop` asks (the processes of a run agree at log steps), except at the epoch's last step:
@@ -123,9 +130,11 @@ def train_epoch(step_fn, state, windows: data.Windows | data.Chunks, config: Con
       save = step < num_steps and (asked or every and global_step % every == 0)
       if save or step % config.train.log_every == 0 or step == num_steps:
         # Read before every save too: a non-finite loss stops the run before its state is saved.
-        _accumulate(totals, jax.device_get(pending), global_step - len(pending))
-        pending = []
-        line.update(step, metrics.summarize(totals))
+        fetched, first = jax.device_get(pending), global_step - len(pending)
+        since, pending = _accumulate({}, fetched, first), []
+        _accumulate(totals, fetched, first)  # step by step, as the sums saved before
+        rate = line.update(step, metrics.summarize(totals))
+        event_log.training(global_step, metrics.summarize(since), rate)
       if save:
         # A copy: orbax writes the JSON in the background while the sums go on growing.
         save_inside(state, global_step, {'batches_done': step, 'train_sums': dict(totals)})
@@ -134,8 +143,10 @@ def train_epoch(step_fn, state, windows: data.Windows | data.Chunks, config: Con
   return state, totals
 
 
-def _accumulate(totals: dict[str, float], steps: list[dict[str, np.ndarray]], first_step: int):
-  """Adds per-step sums to totals; a non-finite loss stops the run, naming its step."""
+def _accumulate(totals: dict[str, float], steps: list[dict[str, np.ndarray]],
+                first_step: int) -> dict[str, float]:
+  """Adds per-step sums to totals, and returns them; a non-finite loss stops the run, naming
+  its step."""
   for offset, sums in enumerate(steps):
     if not np.isfinite(sums['loss']):
       raise UserError(f'the training loss or its gradient became non-finite at step '
@@ -143,6 +154,7 @@ def _accumulate(totals: dict[str, float], steps: list[dict[str, np.ndarray]], fi
                       'set --clip_norm, or pass --skip_nonfinite to skip such batches')
     for name, value in sums.items():
       totals[name] = totals.get(name, 0.0) + float(value)
+  return totals
 
 
 def _early_stopping(config: TrainConfig, progress: dict[str, Any]) -> EarlyStopping:
@@ -216,8 +228,10 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = Fa
   state, progress = _start_or_resume(workdir, config, dataset, resume, parallel)
   manager = checkpoints.manager(workdir, training=True)
   try:
-    with preemption.StopRequest() as stop:
-      state = _train(config, dataset, workdir, manager, state, progress, stop, parallel)
+    with (preemption.StopRequest() as stop,
+          events.EventLog(workdir, config, int(state.step)) as event_log):
+      state = _train(config, dataset, workdir, manager, state, progress, stop, parallel,
+                     event_log)
     checkpoints.finish(manager)
     eval_fn = jax.jit(metrics.eval_step)
     return metrics.final_evaluation(workdir, manager, state, dataset, eval_fn, config, parallel)
@@ -226,7 +240,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = Fa
 
 
 def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state, progress,
-           stop: preemption.StopRequest, parallel: Parallel):
+           stop: preemption.StopRequest, parallel: Parallel, event_log: events.EventLog):
   """The epoch loop with early stopping, from `progress` on; returns the last state."""
   stopper = _early_stopping(config.train, progress)
   step_fn = jax.jit(functools.partial(train_step, config=config.train),
@@ -244,7 +258,7 @@ def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state,
       break
     start = time.perf_counter()
     state, sums = train_epoch(step_fn, state, train_data, config, progress, dropout_key,
-                              save_inside, stop, parallel)
+                              save_inside, stop, parallel, event_log)
     train_metrics = metrics.summarize(sums)
     val = metrics.evaluate(eval_fn, optimizer.for_evaluation(state), dataset.valid,
                            config.train.eval_batch_size, parallel)
@@ -267,9 +281,12 @@ def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state,
     # The record too: a line lost or cut beside a complete checkpoint is written again from it.
     progress = {'epoch': epoch, 'best_metric': stopper.best_metric,
                 'patience_count': stopper.patience_count, 'record': record}
-    # The line goes first: if the checkpoint is not complete when a kill comes, --resume
-    # drops the line and runs the epoch again.
+    # The line and the events go first: if the checkpoint is not complete when a kill comes,
+    # --resume drops them and runs the epoch again.
     checkpoints.append_metrics(workdir, record)
+    event_log.epoch(int(state.step), record,
+                    record.get('learning_rate', config.train.learning_rate),
+                    _epoch_samples(config, dataset, state))
     checkpoints.save(manager, int(state.step), state, progress, val['loss'])
     logging.info('Epoch %d: train loss %.4f (%.4f bits) accuracy %.4f | val loss %.4f (%.4f '
                  'bits) accuracy %.4f top-5 %.4f | %.0fs%s%s', epoch, train_metrics['loss'],
@@ -280,6 +297,19 @@ def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state,
                  else '')
     _stop_if_asked(manager, stop, int(state.step))
   return state
+
+
+def _epoch_samples(config: Config, dataset: data.Dataset, state) -> list[tuple[str, str]]:
+  """The config's samples_per_epoch continuations of validation passages, logged."""
+  if not config.train.samples_per_epoch or jax.process_count() > 1:
+    return []
+  samples = passages.continue_random(
+      WordRNN(config.model, dataset.tokenizer.vocab_size), optimizer.for_evaluation(state).params,
+      dataset.tokenizer, dataset.valid_texts, config.data.training_length,
+      config.train.samples_per_epoch, EPOCH_SAMPLE_WORDS, EPOCH_SAMPLE_TEMPERATURE, config.seed)
+  for seed, continuation in samples:
+    logging.info('Sample: %s -> %s', seed, continuation)
+  return samples
 
 
 def _stop_if_asked(manager, stop: preemption.StopRequest, step: int):

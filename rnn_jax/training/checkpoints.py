@@ -8,6 +8,7 @@
                              among those taken at epoch ends, the one with the lowest validation
                              loss are kept
     workdir/unreadable_checkpoints/N/   a checkpoint that failed to read back, set aside on resume
+    workdir/tensorboard/     TensorBoard's event files (`events`)
 
 In a run over several processes, orbax saves and restores checkpoints collectively; process 0
 alone writes the other files.
@@ -35,6 +36,7 @@ import orbax.checkpoint as ocp
 from rnn_jax.configs import Config, RESUMABLE
 from rnn_jax.corpus.text import Tokenizer
 from rnn_jax.errors import UserError
+from rnn_jax.training import events
 from rnn_jax.training import integrity
 from rnn_jax.training import orbax_loop
 from rnn_jax.training import parallel
@@ -45,7 +47,7 @@ METRICS = 'metrics.jsonl'
 RESULTS = 'results.json'
 CHECKPOINTS = 'checkpoints'
 UNREADABLE = 'unreadable_checkpoints'
-RUN_FILES = (CONFIG, TOKENIZER, METRICS, RESULTS, CHECKPOINTS, UNREADABLE)
+RUN_FILES = (CONFIG, TOKENIZER, METRICS, RESULTS, CHECKPOINTS, UNREADABLE, events.DIRECTORY)
 
 
 orbax_loop.cancel_leftovers()

@@ -15,7 +15,8 @@ class ProgressLine:
     self.start = time.perf_counter()
     self.live = sys.stderr.isatty()
 
-  def update(self, step: int, means: dict[str, float]):
+  def update(self, step: int, means: dict[str, float]) -> float:
+    """Shows the epoch's running means at `step`; returns the windows per second so far."""
     elapsed = time.perf_counter() - self.start
     rate = (step - self.first_step) * self.batch_size / max(elapsed, 1e-9)
     left = elapsed / max(step - self.first_step, 1) * (self.num_steps - step)
@@ -26,6 +27,7 @@ class ProgressLine:
       print('\r' + line, end='', file=sys.stderr, flush=True)
     else:
       logging.info(line)
+    return rate
 
   def done(self):
     if self.live:
