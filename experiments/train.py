@@ -14,6 +14,7 @@ from rnn_jax.corpus import data
 from rnn_jax.errors import UserError
 from rnn_jax.generation import passages
 from rnn_jax.training import checkpoints
+from rnn_jax.training import fine_tune
 from rnn_jax.training import metrics
 from rnn_jax.training import parallel
 
@@ -39,6 +40,8 @@ def main(argv):
   config = config_flags.config_from_flags()
   if FLAGS.resume:
     check_resumable(config)
+  elif config.train.init_from:
+    config = fine_tune.inherit(config, config_flags.typed_config_fields())
   results = train.train_and_evaluate(config, FLAGS.workdir,
                                      resume=FLAGS.resume, overwrite=FLAGS.overwrite,
                                      parallel=mesh)

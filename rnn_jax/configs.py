@@ -118,6 +118,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+  init_from: str = ''  # fine-tune: start from this run's model (WORKDIR, or WORKDIR/checkpoints/N)
   learning_rate: float = 1e-3  # Adam step size
   clip_norm: float = 0.0  # clip gradients to this global norm; 0 turns clipping off
   weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0 is the walkthrough's plain Adam

@@ -23,15 +23,13 @@ from rnn_jax.generation import passages
 from rnn_jax.model.word_rnn import WordRNN
 from rnn_jax.training import checkpoints
 from rnn_jax.training import events
+from rnn_jax.training import fine_tune
 from rnn_jax.training import metrics
 from rnn_jax.training import optimizer
 from rnn_jax.training import preemption
 from rnn_jax.training import progress_line
 from rnn_jax.training import regularization
 from rnn_jax.training.parallel import Parallel
-
-# Each epoch's samples: as long and as diverse as experiments.train's own at the end.
-EPOCH_SAMPLE_WORDS, EPOCH_SAMPLE_TEMPERATURE = 30, 0.75
 
 def create_train_state(config: Config, vocab_size: int,
                        embedding_matrix: np.ndarray | None = None) -> train_state.TrainState:
@@ -169,8 +167,13 @@ def _early_stopping(config: TrainConfig, progress: dict[str, Any]) -> EarlyStopp
 
 
 def _fresh_state(config: Config, dataset: data.Dataset) -> train_state.TrainState:
-  """A new model, its embedding read from `pretrained_embeddings` when the config names a file."""
+  """A new model, its embedding read from `pretrained_embeddings` when the config names a file;
+  with `init_from`, the trained run's parameters and a fresh optimizer."""
   name, tokenizer = config.model.pretrained_embeddings, dataset.tokenizer
+  if config.train.init_from:
+    params = load(*fine_tune.source(config.train.init_from))[3]
+    return optimizer.create(WordRNN(config.model, tokenizer.vocab_size).apply, params,
+                            config.train, config.model.trainable_embeddings)
   if not name:
     return create_train_state(config, tokenizer.vocab_size)
   matrix, coverage = embeddings.embedding_matrix(embeddings.vectors_path(name), tokenizer,
@@ -221,8 +224,11 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = Fa
   parallel.barrier('config_for')  # every process has read the work dir before process 0 writes
   parallel.check_batch_size(config.train.batch_size, 'batch_size')
   parallel.check_batch_size(config.train.eval_batch_size, 'eval_batch_size')
-  dataset = data.prepare(config)
+  dataset = data.prepare(config, fine_tune.tokenizer(workdir, config, resume))
   logging.info('Data: %s', json.dumps(dataset.summary()))
+  if config.train.init_from:
+    logging.info('Fine-tuning %s: %s', config.train.init_from,
+                 fine_tune.describe_outside(dataset.outside_vocabulary))
   if not config.model.trainable_embeddings and not config.model.pretrained_embeddings:
     logging.warning('Frozen embeddings without pre-trained vectors stay at their random init.')
   state, progress = _start_or_resume(workdir, config, dataset, resume, parallel)
@@ -286,7 +292,7 @@ def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state,
     checkpoints.append_metrics(workdir, record)
     event_log.epoch(int(state.step), record,
                     record.get('learning_rate', config.train.learning_rate),
-                    _epoch_samples(config, dataset, state))
+                    passages.after_epoch(config, dataset, optimizer.for_evaluation(state).params))
     checkpoints.save(manager, int(state.step), state, progress, val['loss'])
     logging.info('Epoch %d: train loss %.4f (%.4f bits) accuracy %.4f | val loss %.4f (%.4f '
                  'bits) accuracy %.4f top-5 %.4f | %.0fs%s%s', epoch, train_metrics['loss'],
@@ -299,19 +305,6 @@ def _train(config: Config, dataset: data.Dataset, workdir: Path, manager, state,
   return state
 
 
-def _epoch_samples(config: Config, dataset: data.Dataset, state) -> list[tuple[str, str]]:
-  """The config's samples_per_epoch continuations of validation passages, logged."""
-  if not config.train.samples_per_epoch or jax.process_count() > 1:
-    return []
-  samples = passages.continue_random(
-      WordRNN(config.model, dataset.tokenizer.vocab_size), optimizer.for_evaluation(state).params,
-      dataset.tokenizer, dataset.valid_texts, config.data.training_length,
-      config.train.samples_per_epoch, EPOCH_SAMPLE_WORDS, EPOCH_SAMPLE_TEMPERATURE, config.seed)
-  for seed, continuation in samples:
-    logging.info('Sample: %s -> %s', seed, continuation)
-  return samples
-
-
 def _stop_if_asked(manager, stop: preemption.StopRequest, step: int):
   """After a signal: waits until the checkpoint at `step` is written, then ends the run."""
   if stop.requested():
@@ -319,20 +312,24 @@ def _stop_if_asked(manager, stop: preemption.StopRequest, step: int):
     raise stop.stopped(manager.directory / str(step))
 
 
-def load(workdir: str | Path, which: str = 'best') -> tuple[Config, Any, WordRNN, Any]:
-  """Rebuilds (config, tokenizer, model, params) from a work dir alone; which: best|latest.
+def load(workdir: str | Path, which: str | int = 'best') -> tuple[Config, Any, WordRNN, Any]:
+  """Rebuilds (config, tokenizer, model, params) from a work dir alone; which: best, latest or
+  a checkpoint's step.
 
   The params are those training scored: the averaged weights, where the run averages them.
   """
-  if which not in ('best', 'latest'):
-    raise UserError(f"which checkpoint: 'best' or 'latest', not {which!r}")
+  if which not in ('best', 'latest') and not isinstance(which, int):
+    raise UserError(f"which checkpoint: 'best', 'latest' or a step, not {which!r}")
   config, tokenizer = checkpoints.read_run(workdir)
   manager = checkpoints.manager(workdir)
   try:
-    step = manager.best_step() if which == 'best' else manager.latest_step()
+    step = {'best': manager.best_step, 'latest': manager.latest_step}.get(which, lambda: which)()
     if step is None:  # 'best' is among the epochs' checkpoints, not those inside an epoch
       raise UserError(f'{workdir} holds no {"epoch-end " if which == "best" else ""}'
                       'checkpoint yet')
+    if step not in manager.all_steps():
+      raise UserError(f'{workdir} holds no checkpoint {step} (it holds '
+                      f'{", ".join(map(str, manager.all_steps())) or "none"})')
     target = create_train_state(config, tokenizer.vocab_size)
     state, _ = checkpoints.read_back(manager, step, target)
   finally:

@@ -1,5 +1,6 @@
 """Texts in, windows of token ids out: tokenizing, splitting and batching (files.py reads them)."""
 
+import collections
 import dataclasses
 from typing import Iterator
 
@@ -112,6 +113,9 @@ class Dataset:
   train_texts: list[np.ndarray] | None  # token ids of the training texts; None for 'windows'
   duplicate_texts: int  # kept texts that repeat an earlier one word for word
   near_copy_groups: list[list[int]]  # each group of near-copies, as indices among distinct texts
+  # With a given tokenizer: each word of the texts it has no id for, and how often it occurs,
+  # most frequent first (read as the unknown word, or dropped where the tokenizer has none).
+  outside_vocabulary: dict[str, int] = dataclasses.field(default_factory=dict)
 
   def summary(self) -> dict[str, int | float]:
     """The figures `prepare` prints: sizes, copies, and each set's share of unknown labels."""
@@ -125,7 +129,10 @@ class Dataset:
                 near_copy_texts=sum(map(len, self.near_copy_groups))) | {
                     f'unknown_{name}': round(float(np.mean(windows.labels == unknown)), 4)
                     for name, windows in (('train', self.train), ('valid', self.valid),
-                                          ('test', self.test)) if len(windows)}
+                                          ('test', self.test)) if len(windows)} | (
+                    {'outside_vocabulary_words': len(self.outside_vocabulary),
+                     'outside_vocabulary_tokens': sum(self.outside_vocabulary.values())}
+                    if self.outside_vocabulary else {})
 
 
 def load_texts(config: DataConfig) -> list[str]:
@@ -164,12 +171,18 @@ def fit_vocabulary(config: DataConfig, every_word: text.Tokenizer,
   return tokenizer, np.asarray(table, np.int32)
 
 
-def prepare(config: Config) -> Dataset:
-  """Reads, cleans and tokenizes the texts, then splits them into window sets."""
+def prepare(config: Config, tokenizer: text.Tokenizer | None = None) -> Dataset:
+  """Reads, cleans and tokenizes the texts, then splits them into window sets.
+
+  `tokenizer`: a trained model's, to read the texts with instead of fitting one to them (the
+  data config's tokenizer fields must be those it was fitted with).
+  """
   data_config = config.data
   stream = data_config.txt_mode == 'stream'
   texts = load_texts(data_config)
-  tokenizer = fit_tokenizer(data_config, texts)
+  given = tokenizer is not None
+  outside = outside_vocabulary(tokenizer, texts) if given else {}
+  tokenizer = tokenizer if given else fit_tokenizer(data_config, texts)
   all_sequences = _token_ids(tokenizer, texts, stream)
   num_texts = len(all_sequences)
   del texts  # a long stream's text is no longer needed: its ids are
@@ -189,7 +202,7 @@ def prepare(config: Config) -> Dataset:
           else [])
   split_parts = _splitter(sequences, copies, near, data_config, rng)
   training = split_parts(sequences)[0]
-  if data_config.min_count and sum(map(len, training)):
+  if not given and data_config.min_count and sum(map(len, training)):
     tokenizer, new_ids = fit_vocabulary(data_config, tokenizer, training)
     sequences = [new_ids[s] for s in sequences]
   if data_config.split == 'abstracts':
@@ -210,7 +223,18 @@ def prepare(config: Config) -> Dataset:
                     'fractions')
   _check_vocabulary(tokenizer, data_config)
   return Dataset(tokenizer, num_texts, len(sequences), train, valid, test, valid_texts,
-                 train_texts, duplicates, near)
+                 train_texts, duplicates, near, outside)
+
+
+def outside_vocabulary(tokenizer: text.Tokenizer, texts: list[str]) -> dict[str, int]:
+  """Each token of `texts` that `tokenizer` has no id of its own for, with its count, most
+  frequent first."""
+  counts = collections.Counter()
+  for piece in texts:  # characters are counted in C, not as a list of one-letter strings
+    lowered = piece.lower() if tokenizer.lower else piece
+    counts.update(lowered if tokenizer.char_level else tokenizer.tokenize(piece))
+  return {token: count for token, count in counts.most_common()
+          if tokenizer.id_of(token) in (None, tokenizer.unknown_id)}
 
 
 def _check_vocabulary(tokenizer: text.Tokenizer, config: DataConfig):

@@ -3,9 +3,12 @@
 from collections.abc import Sequence
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 
+from rnn_jax.configs import Config
+from rnn_jax.corpus import data
 from rnn_jax.corpus import seeds
 from rnn_jax.corpus.text import Tokenizer
 from rnn_jax.generation import sampling
@@ -27,3 +30,21 @@ def continue_random(model: WordRNN, params: Any, tokenizer: Tokenizer,
                                       sampling.Decoding(unknown_id=tokenizer.unknown_id))
   return [(seeds.show(tokenizer, passage.tokens), seeds.show(tokenizer, tokens))
           for passage, tokens in zip(passages, np.asarray(generated.tokens))]
+
+
+# Each epoch's samples: as long and as diverse as experiments.train's own at the end.
+EPOCH_WORDS, EPOCH_TEMPERATURE = 30, 0.75
+
+
+def after_epoch(config: Config, dataset: data.Dataset, params: Any) -> list[tuple[str, str]]:
+  """The config's samples_per_epoch continuations of validation passages, logged. None in a
+  run over several processes, whose parameters no one process holds whole."""
+  if not config.train.samples_per_epoch or jax.process_count() > 1:
+    return []
+  samples = continue_random(WordRNN(config.model, dataset.tokenizer.vocab_size), params,
+                            dataset.tokenizer, dataset.valid_texts, config.data.training_length,
+                            config.train.samples_per_epoch, EPOCH_WORDS, EPOCH_TEMPERATURE,
+                            config.seed)
+  for seed, continuation in samples:
+    logging.info('Sample: %s -> %s', seed, continuation)
+  return samples
