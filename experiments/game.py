@@ -33,8 +33,9 @@ def main(argv):
   del argv
   rng_seed = secrets.randbelow(2**31) if FLAGS.rng_seed is None else FLAGS.rng_seed
   config, tokenizer, model, params = train.load(FLAGS.workdir, FLAGS.checkpoint)
-  rounds = game.make_rounds(model, params, tokenizer, data.prepare(config).valid_texts,
-                            config.data.training_length, FLAGS.rounds, FLAGS.num_words, rng_seed,
+  texts = data.prepare_run(config, tokenizer).valid_texts
+  rounds = game.make_rounds(model, params, tokenizer, texts, config.data.training_length,
+                            FLAGS.rounds, FLAGS.num_words, rng_seed,
                             sampling.Decoding(FLAGS.mode, unknown_id=tokenizer.unknown_id))
   print(f'Human or machine? Two of three continuations are generated (--rng_seed={rng_seed} '
         'replays this game).')

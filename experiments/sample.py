@@ -79,7 +79,8 @@ def _seeds(config, tokenizer) -> list[seeds.Seed]:
     raise UserError('give --seed_text or --num_random_seeds, not both')
   if FLAGS.seed_text:
     return [seeds.from_text(seed_text, tokenizer) for seed_text in FLAGS.seed_text]
-  return seeds.random_passages(data.prepare(config).valid_texts, config.data.training_length,
+  texts = data.prepare_run(config, tokenizer).valid_texts
+  return seeds.random_passages(texts, config.data.training_length,
                                FLAGS.num_random_seeds or RANDOM_SEEDS_DEFAULT, FLAGS.num_words,
                                np.random.default_rng(FLAGS.rng_seed))
 

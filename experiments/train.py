@@ -85,9 +85,10 @@ def print_standing(results: dict):
 
 def print_samples():
   config, tokenizer, model, params = train.load(FLAGS.workdir)
-  shown = passages.continue_random(model, params, tokenizer, data.prepare(config).valid_texts,
-                                   config.data.training_length, FLAGS.samples, FLAGS.sample_words,
-                                   FLAGS.temperature, config.seed)
+  texts = data.prepare_run(config, tokenizer).valid_texts
+  shown = passages.continue_random(model, params, tokenizer, texts, config.data.training_length,
+                                   FLAGS.samples, FLAGS.sample_words, FLAGS.temperature,
+                                   config.seed)
   for seed_text, continuation in shown:
     print(f'\n{seed_text}\n  -> {continuation}')
 

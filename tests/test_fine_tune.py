@@ -131,6 +131,10 @@ def test_a_fine_tuned_run_learns_the_new_text_resumes_without_its_source_and_sam
   assert [record['epoch'] for record in records] == [1, 2, 3]
   assert records[-1]['val_loss'] < records[0]['val_loss']
   assert read_config(workdir)['dense_dropout'] == 0  # a typed training-time field is the run's
-  sampled = run('sample', f'--workdir={workdir}', '--seed_text=theta eta zeta',
-                '--num_words=5', '--temperature=0')
-  assert len(sampled.stdout.split()) >= 5
+  sampled = run('sample', f'--workdir={workdir}', '--num_random_seeds=2', '--num_words=5',
+                '--temperature=0')
+  backwards = [f'{later} {earlier}' for earlier, later in zip(CYCLE, CYCLE[1:])]
+  assert any(pair in sampled.stdout for pair in backwards)  # passages of the new text
+  evaluated = run('evaluate', f'--workdir={workdir}', '--split=valid')
+  best = min(record['val_loss'] for record in records)
+  assert f'{best:.4f}' in evaluated.stdout  # the run's own windows, read with its tokenizer

@@ -226,6 +226,12 @@ def prepare(config: Config, tokenizer: text.Tokenizer | None = None) -> Dataset:
                  train_texts, duplicates, near, outside)
 
 
+def prepare_run(config: Config, tokenizer: text.Tokenizer) -> Dataset:
+  """The data of a saved run, whose tokenizer is `tokenizer`: a fine-tuned run read its data
+  with the tokenizer it started from; any other fitted its own, and fits it again the same."""
+  return prepare(config, tokenizer if config.train.init_from else None)
+
+
 def outside_vocabulary(tokenizer: text.Tokenizer, texts: list[str]) -> dict[str, int]:
   """Each token of `texts` that `tokenizer` has no id of its own for, with its count, most
   frequent first."""

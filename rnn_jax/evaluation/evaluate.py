@@ -52,7 +52,7 @@ def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'b
     raise UserError(f"split: 'valid' or 'test', not {split!r}")
   config, tokenizer, model, params = train.load(workdir, checkpoint)
   ngram.check_order(ngram_order, config.data.training_length)
-  dataset = data.prepare(config)
+  dataset = data.prepare_run(config, tokenizer)
   # The same config and seed give the same split only from the same texts.
   # The tokenizer holds the word counts of the texts it was fitted on (the training texts, under
   # split 'abstracts'): another text anywhere moves the split, and so those counts.

@@ -183,7 +183,8 @@ class Service:
     self.mode = mode
     self.limits = dataclasses.replace(limits, top_k_choices=tuple(
         k for k in limits.top_k_choices if k <= self.tokenizer.vocab_size))
-    self.texts = data.prepare(self.config).valid_texts  # where random passages come from
+    # Where random passages come from.
+    self.texts = data.prepare_run(self.config, self.tokenizer).valid_texts
     self.batcher = batching.MicroBatcher(self._run, max_rows=limits.batch_sizes[-1],
                                          wait_s=wait_s, gather=micro_batching)
 
