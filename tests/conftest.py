@@ -1,10 +1,15 @@
 """A tiny learnable corpus and one short training run, shared by the tests."""
 
+import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 import shutil
+import socket
 import tempfile
+import threading
+import time
 
 import jax
 import numpy as np
@@ -116,3 +121,60 @@ def trained_cell(request, trained, corpus, tmp_path_factory) -> tuple[Path, dict
     return trained
   workdir = tmp_path_factory.mktemp(f'run_{request.param}')
   return workdir, train.train_and_evaluate(tiny_config(corpus, request.param), workdir)
+
+
+class Errors(logging.Handler):
+  """The records at ERROR and above that uvicorn logs."""
+
+  def __init__(self):
+    super().__init__(logging.ERROR)
+    self.records = []
+
+  def emit(self, record):
+    self.records.append(record)
+
+
+@contextlib.contextmanager
+def running_server(app, timeout_s: float):
+  """(address, the errors uvicorn logged): `app` under uvicorn on a free port, in a thread,
+  configured as experiments.serve configures it."""
+  # pylint: disable=import-outside-toplevel  # the serve extra: only the server tests need it
+  import uvicorn
+  from rnn_jax.serve import server
+  listening = socket.socket()
+  listening.bind(('127.0.0.1', 0))
+  address = listening.getsockname()
+  running = uvicorn.Server(server.config(app, *address, timeout_s=timeout_s, max_connections=64))
+  errors = Errors()
+  logging.getLogger('uvicorn.error').addHandler(errors)
+  thread = threading.Thread(target=running.run, kwargs={'sockets': [listening]})
+  thread.start()
+  try:
+    deadline = time.monotonic() + 60
+    while not running.started:
+      assert thread.is_alive() and time.monotonic() < deadline, 'the server did not start'
+      time.sleep(0.02)
+    yield address, errors.records
+  finally:
+    running.should_exit = True
+    thread.join(timeout=30)
+    logging.getLogger('uvicorn.error').removeHandler(errors)
+    listening.close()
+
+
+@pytest.fixture(scope='module')
+def browser():
+  """Debian's headless Chromium through selenium; skipped, with the reason, without them."""
+  webdriver = pytest.importorskip('selenium.webdriver', reason='selenium is not installed')
+  binary, driver = shutil.which('chromium'), shutil.which('chromedriver')
+  if not binary or not driver:
+    pytest.skip("no headless browser here: install Debian's chromium and chromium-driver")
+  options = webdriver.ChromeOptions()
+  options.binary_location = binary
+  for argument in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage',
+                   '--window-size=1000,1000'):
+    options.add_argument(argument)
+  chrome = webdriver.Chrome(options, webdriver.ChromeService(executable_path=driver))
+  chrome.set_page_load_timeout(60)
+  yield chrome
+  chrome.quit()

@@ -63,19 +63,20 @@ def softmax(scores):
 def window_reference(model, params, seeds, num_words, tokens=None):
   """A loop that re-reads the last window every step, without its left padding.
 
-  Returns (ids, log_probs): the greedy id at each step (id 0 excluded) and the model's
-  log-probability of the token fed back in: the greedy one, or given `tokens`, tokens[:, t]
-  (teacher forcing).
+  Returns (ids, log_probs, every_word): the greedy id at each step (id 0 excluded), the
+  model's log-probability of the token fed back in: the greedy one, or given `tokens`,
+  tokens[:, t] (teacher forcing), and [batch, num_words, vocab] those of every word.
   """
-  window, ids, log_probs = np.asarray(seeds), [], []
+  window, ids, log_probs, every_word = np.asarray(seeds), [], [], []
   for t in range(num_words):
     unpadded = [np.trim_zeros(row, 'f')[None] for row in window]
     step = word_log_probs(np.concatenate([model_logits(model, params, row) for row in unpadded]))
     ids.append(np.argmax(step, -1))
     token = ids[-1] if tokens is None else np.asarray(tokens)[:, t]
     log_probs.append(step[np.arange(len(token)), token])
+    every_word.append(step)
     window = np.concatenate([window[:, 1:], token[:, None]], axis=1).astype(np.int32)
-  return np.stack(ids, 1), np.stack(log_probs, 1)
+  return np.stack(ids, 1), np.stack(log_probs, 1), np.stack(every_word, 1)
 
 
 def history_reference(model, params, seeds, num_words):
@@ -104,7 +105,7 @@ def sharp_params(small_params):
 
 def test_window_greedy_equals_step_by_step_loop(small_params):
   generated = sampling.generate(SMALL, small_params, SEEDS, jax.random.key(0), NUM_WORDS, 0.0)
-  ids, log_probs = window_reference(SMALL, small_params, SEEDS, NUM_WORDS)
+  ids, log_probs, _ = window_reference(SMALL, small_params, SEEDS, NUM_WORDS)
   np.testing.assert_array_equal(generated.tokens, ids)
   np.testing.assert_allclose(generated.log_probs, log_probs, atol=1e-5)
   assert generated.tokens.dtype == jnp.int32
@@ -345,10 +346,28 @@ def test_a_large_stateful_batch_runs(small_params):
 
 def test_log_probs_are_the_models_at_temperature_one(small_params):
   generated = sampling.generate(SMALL, small_params, SEEDS, jax.random.key(2), NUM_WORDS, 1.5)
-  greedy, log_probs = window_reference(SMALL, small_params, SEEDS, NUM_WORDS,
-                                       tokens=generated.tokens)
+  greedy, log_probs, _ = window_reference(SMALL, small_params, SEEDS, NUM_WORDS,
+                                          tokens=generated.tokens)
   np.testing.assert_allclose(generated.log_probs, log_probs, atol=1e-5)
   assert not np.array_equal(generated.tokens, greedy)  # some draws were not the argmax
+
+
+@pytest.mark.parametrize('mode', sampling.MODES)
+def test_alternatives_are_the_likeliest_words_at_each_step(small_params, mode):
+  decoding = sampling.Decoding(mode, alternatives=3)
+  seeds = np.pad(SEEDS, ((0, 0), (NUM_WORDS, 0)))  # a window that holds the whole context
+  generated = sampling.generate(SMALL, small_params, seeds, jax.random.key(3), NUM_WORDS, 1.0,
+                                decoding)
+  _, _, every_word = window_reference(SMALL, small_params, seeds, NUM_WORDS,
+                                      tokens=generated.tokens)
+  likeliest = np.argsort(-every_word, axis=-1, kind='stable')[..., :3]
+  np.testing.assert_array_equal(generated.alternatives, likeliest)
+  np.testing.assert_allclose(generated.alternative_log_probs,
+                             np.take_along_axis(every_word, likeliest, -1), atol=1e-5)
+  plain = sampling.generate(SMALL, small_params, seeds, jax.random.key(3), NUM_WORDS, 1.0,
+                            sampling.Decoding(mode))
+  np.testing.assert_array_equal(plain.tokens, generated.tokens)  # the same draws
+  assert plain.alternatives is None
 
 
 @pytest.mark.parametrize('fields', [{'mode': 'x'}, {'top_p': 0}, {'top_p': 1.5}, {'top_k': -1},

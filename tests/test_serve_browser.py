@@ -1,13 +1,13 @@
 """experiments.serve as a user runs it: over HTTP, under the load tool, and in headless Chromium.
 
-The browser test needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them where
-it can) and selenium (the test extra); without them it is skipped with the reason.
+The browser test (the `browser` fixture, conftest.py) needs Debian's `chromium` and
+`chromium-driver` (`.ci/run` installs them where it can) and selenium (the test extra); without
+them it is skipped with the reason.
 """
 
 import contextlib
 import json
 from pathlib import Path
-import shutil
 import socket
 import subprocess
 import sys
@@ -67,23 +67,6 @@ def test_the_load_tool_gets_every_request_answered(server):
                               concurrency=6, timeout_s=60)
   assert (report['answered'], report['refused'], report['lost']) == (24, 0, 0)
   assert 1 <= report['generator_calls'] <= 24
-
-
-@pytest.fixture(scope='module')
-def browser():
-  webdriver = pytest.importorskip('selenium.webdriver', reason='selenium is not installed')
-  binary, driver = shutil.which('chromium'), shutil.which('chromedriver')
-  if not binary or not driver:
-    pytest.skip("no headless browser here: install Debian's chromium and chromium-driver")
-  options = webdriver.ChromeOptions()
-  options.binary_location = binary
-  for argument in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage',
-                   '--window-size=1000,1000'):
-    options.add_argument(argument)
-  chrome = webdriver.Chrome(options, webdriver.ChromeService(executable_path=driver))
-  chrome.set_page_load_timeout(60)
-  yield chrome
-  chrome.quit()
 
 
 def follow(browser, element, timeout_s: float = 60) -> None:

@@ -4,9 +4,7 @@ free port, raw sockets, and hypothesis."""
 import asyncio
 import contextlib
 import json
-import logging
 import socket
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -16,12 +14,12 @@ from typing import NamedTuple
 
 from hypothesis import given, settings, strategies as st
 import pytest
-import uvicorn
 
 from rnn_jax.serve import batching
-from rnn_jax.serve import server as serve_server
 from rnn_jax.serve import serving
 from rnn_jax.serve import web
+
+from conftest import running_server
 
 LIMITS = serving.Limits(batch_sizes=(1, 4), max_words=16, chunk_words=2, max_samples=4,
                         max_seed_chars=200, top_k_choices=(0,), top_p_choices=(1.0, 0.9))
@@ -35,17 +33,6 @@ class Answer(NamedTuple):
   headers: Mapping[str, str]
 
 
-class Errors(logging.Handler):
-  """The records at ERROR and above that uvicorn logs."""
-
-  def __init__(self):
-    super().__init__(logging.ERROR)
-    self.records = []
-
-  def emit(self, record):
-    self.records.append(record)
-
-
 @pytest.fixture(scope='module')
 def service(trained):
   workdir, _ = trained
@@ -57,26 +44,8 @@ def service(trained):
 @pytest.fixture(scope='module')
 def server(service):
   """(address, the errors it logged): the app under uvicorn, in a thread."""
-  listening = socket.socket()
-  listening.bind(('127.0.0.1', 0))
-  address = listening.getsockname()
-  running = uvicorn.Server(serve_server.config(web.app(service), *address, timeout_s=TIMEOUT_S,
-                                               max_connections=64))
-  errors = Errors()
-  logging.getLogger('uvicorn.error').addHandler(errors)
-  thread = threading.Thread(target=running.run, kwargs={'sockets': [listening]})
-  thread.start()
-  try:
-    deadline = time.monotonic() + 60
-    while not running.started:
-      assert thread.is_alive() and time.monotonic() < deadline, 'the server did not start'
-      time.sleep(0.02)
-    yield address, errors.records
-  finally:
-    running.should_exit = True
-    thread.join(timeout=30)
-    logging.getLogger('uvicorn.error').removeHandler(errors)
-    listening.close()
+  with running_server(web.app(service), TIMEOUT_S) as running:
+    yield running
 
 
 def request(address, method: str, path: str, body: bytes | None = None) -> Answer:

@@ -44,6 +44,7 @@ class Decoding:
   top_p: float = 1.0  # draw among the fewest likeliest words holding this much probability
   beam_width: int = 1  # > 1: beam search for the likeliest continuation (nothing is drawn)
   unknown_id: int = 0  # the vocabulary's unknown-word id, never drawn as padding never is
+  alternatives: int = 0  # also the likeliest this many words at each step (temperature 1)
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -56,11 +57,18 @@ class Decoding:
       raise UserError(f'beam_width must be >= 1, got {self.beam_width}')
     if self.beam_width > 1 and (self.top_k or self.top_p < 1):
       raise UserError('beam search draws nothing: top_k and top_p do not apply to it')
+    if self.alternatives < 0 or self.alternatives and self.beam_width > 1:
+      raise UserError(f'alternatives must be >= 0, and 0 with beam search, got '
+                      f'{self.alternatives}')
 
 
 class Generated(NamedTuple):
   tokens: jax.Array  # int32[batch, num_words]
   log_probs: jax.Array  # f32[batch, num_words]: the model's log-probability of each token (T = 1)
+  # int32[batch, num_words, k] and f32[...]: with Decoding.alternatives = k, the k likeliest
+  # words at each step, likeliest first, and their log-probabilities (T = 1); else None.
+  alternatives: jax.Array | None = None
+  alternative_log_probs: jax.Array | None = None
 
 
 def generate(model: WordRNN, params: Any, prompts: np.ndarray | jax.Array,
@@ -108,7 +116,7 @@ def generate(model: WordRNN, params: Any, prompts: np.ndarray | jax.Array,
     raise UserError('temperature must be finite and >= 0')
   params, rows = parallel.spread_rows(params, prompts, keys, jnp.asarray(temperature))
   generated = _generate(model, params, *rows, num_words=num_words, decoding=decoding)
-  return Generated(*(part[:len(prompts)] for part in generated))
+  return jax.tree.map(lambda part: part[:len(prompts)], generated)
 
 
 def _sequence_keys(key: jax.Array, batch: int) -> jax.Array:
@@ -179,14 +187,15 @@ def _sample(reader: _Reader, seed, key, temperature, *, num_words: int,
   def step(context, uniforms):
     logits = reader.logits(context)
     token = _draw(logits, temperature, uniforms, decoding.top_k, decoding.top_p)
-    log_prob = logits[token] - jax.nn.logsumexp(logits)
-    return reader.advance(context, token), (token, log_prob)
+    log_probs = logits - jax.nn.logsumexp(logits)
+    alternatives = (jax.lax.top_k(log_probs, decoding.alternatives)[::-1]
+                    if decoding.alternatives else (None, None))
+    return reader.advance(context, token), (token, log_probs[token], *alternatives)
 
   # Every step's random numbers at once: threefry inside the loop is a small loop of its own
   # per step, which on a CPU costs more than the numbers are worth.
-  _, (tokens, log_probs) = jax.lax.scan(step, reader.start(seed),
-                                        jax.random.uniform(key, (num_words, 2)))
-  return Generated(tokens, log_probs)
+  _, generated = jax.lax.scan(step, reader.start(seed), jax.random.uniform(key, (num_words, 2)))
+  return Generated(*generated)
 
 
 def draw(logits: jax.Array, temperature: jax.Array, key: jax.Array, *, top_k: int = 0,

@@ -74,7 +74,8 @@ class MicroBatcher:
 
   async def _serve(self):
     while True:
-      pending = await self._gather()
+      # A request whose client went away (its answer cancelled) takes no rows of a call.
+      pending = [p for p in await self._gather() if not p.answer.done()]
       for group, call in _calls(pending, self.max_rows):
         await self._call(group, call)
 

@@ -16,7 +16,7 @@ serving; a menu's other entries compile on their first use, once for each batch 
 import contextlib
 import dataclasses
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,6 +35,7 @@ MAX_RNG_SEED = 2**32 - 1
 MAX_QUOTED = 60  # characters of a refused value that its message shows
 _KINDS = {list: 'an array', dict: 'an object'}
 DEFAULT_WORDS = 50  # words per continuation and per game round, as experiments.sample and game
+ALTERNATIVES = 5  # the likeliest words each call also returns for every step, for streaming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,23 +218,28 @@ class Service:
             'limits': dataclasses.asdict(self.limits),
             'batching': dict(self.batcher.counts)}
 
-  async def continue_text(self, seed_text: Any, settings: Settings) -> Continuations:
-    """Continuations of the user's text; UserError for text that is empty, too long or unknown."""
+  def seed(self, seed_text: Any) -> seeds.Seed:
+    """The user's text as the model reads it; UserError for text that is empty, too long or
+    unknown."""
     _check_seed_text(seed_text, self.limits.max_seed_chars)
-    seed = seeds.from_text(seed_text, self.tokenizer)
-    settings = _with_rng_seed(settings)
+    return seeds.from_text(seed_text, self.tokenizer)
+
+  async def continue_text(self, seed_text: Any, settings: Settings) -> Continuations:
+    """Continuations of the user's text."""
+    seed = self.seed(seed_text)
+    settings = with_rng_seed(settings)
     rng = np.random.default_rng(settings.rng_seed)
     samples = await self._samples(seed.tokens, settings, rng)
-    return Continuations(self._show(seed.tokens), samples, settings, seed.unknown)
+    return Continuations(self.show(seed.tokens), samples, settings, seed.unknown)
 
   async def continue_passage(self, settings: Settings) -> Continuations:
     """Continuations of a random passage of the validation texts, with its real continuation."""
-    settings = _with_rng_seed(settings)
+    settings = with_rng_seed(settings)
     rng = np.random.default_rng(settings.rng_seed)
     passage = self._passage(settings.num_words, rng)
     samples = await self._samples(passage.tokens, settings, rng)
-    return Continuations(self._show(passage.tokens), samples, settings,
-                         actual=self._show(passage.actual))
+    return Continuations(self.show(passage.tokens), samples, settings,
+                         actual=self.show(passage.actual))
 
   async def game_round(self, rng_seed: int | None = None) -> game.Round:
     """A round of the human-or-machine game, its continuations at random temperatures."""
@@ -247,7 +253,7 @@ class Service:
   def _passage(self, num_words: int, rng: np.random.Generator) -> seeds.Seed:
     return seeds.random_passages(self.texts, self.training_length, 1, num_words, rng)[0]
 
-  def _show(self, tokens: Sequence[int]) -> str:
+  def show(self, tokens: Sequence[int]) -> str:
     return seeds.show(self.tokenizer, tokens)
 
   async def _samples(self, tokens: list[int], settings: Settings,
@@ -255,27 +261,43 @@ class Service:
     temperatures = np.full(settings.num_samples, settings.temperature, np.float32)
     generated, log_probs = await self._generate(tokens, temperatures, settings.num_words,
                                                 settings.top_k, settings.top_p, rng)
-    return [Sample(self._show(g), round(float(p.mean()), 4))
+    return [Sample(self.show(g), round(float(p.mean()), 4))
             for g, p in zip(generated, log_probs)]
 
   async def _generate(self, tokens: list[int], temperatures: np.ndarray, num_words: int,
                       top_k: int, top_p: float,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(int32[rows, num_words], f32[rows, num_words]): one row per temperature, a call per
-    chunk of words, each call reading the context that the last one left."""
+    """(int32[rows, num_words], f32[rows, num_words]): a row per temperature, the words and
+    their log-probabilities."""
+    parts = [part[:2] async for part in self._chunks(tokens, temperatures, num_words, top_k,
+                                                     top_p, rng)]
+    return tuple(np.concatenate(part, axis=1) for part in zip(*parts))
+
+  async def chunks(self, tokens: list[int], settings: Settings,
+                   rng: np.random.Generator) -> AsyncIterator[tuple[np.ndarray, ...]]:
+    """Each call's (int32[rows, words], f32[rows, words], int32[rows, words, ALTERNATIVES],
+    f32[...]): the words, their log-probabilities, and the likeliest words at each step with
+    theirs. A row per sample, a call per chunk of words, each reading the context the last one
+    left; the last chunk is cut back to num_words."""
+    temperatures = np.full(settings.num_samples, settings.temperature, np.float32)
+    async for part in self._chunks(tokens, temperatures, settings.num_words, settings.top_k,
+                                   settings.top_p, rng):
+      yield part
+
+  async def _chunks(self, tokens: list[int], temperatures: np.ndarray, num_words: int,
+                    top_k: int, top_p: float,
+                    rng: np.random.Generator) -> AsyncIterator[tuple[np.ndarray, ...]]:
     rows, chunk = len(temperatures), self.limits.chunk_words
     # The seed cut to its window, as the model was trained, then padded to what a call reads.
     context = np.repeat(seeds.pad(seeds.pad([tokens], self.training_length),
                                   self.context_length), rows, axis=0)
     # Call-major, so that the first calls' keys, and text, do not depend on num_words.
     keys = rng.integers(0, 2**32, size=(-(-num_words // chunk), rows, 2), dtype=np.uint32)
-    parts = []
     for call, call_keys in enumerate(keys):
-      generated, log_probs = await self.batcher.submit(
+      part = await self.batcher.submit(
           (top_k, top_p), _Job(context, call_keys, temperatures), rows, continues=call > 0)
-      parts.append((generated, log_probs))
-      context = np.concatenate([context, generated], axis=1)[:, -context.shape[1]:]
-    return tuple(np.concatenate(part, axis=1)[:, :num_words] for part in zip(*parts))
+      context = np.concatenate([context, part[0]], axis=1)[:, -context.shape[1]:]
+      yield tuple(array[:, :num_words - call * chunk] for array in part)
 
   def _run(self, group: tuple[int, float],
            jobs: Sequence[_Job]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -287,10 +309,10 @@ class Service:
         self.model, self.params, _stack([j.prompts for j in jobs], size, 0),
         _stack([j.keys for j in jobs], size, 0), self.limits.chunk_words,
         _stack([j.temperatures for j in jobs], size, 1.0),
-        sampling.Decoding(self.mode, top_k, top_p, unknown_id=self.tokenizer.unknown_id))
-    ends = np.cumsum([len(job.temperatures) for job in jobs])
-    return list(zip(np.split(np.asarray(generated.tokens)[:rows], ends[:-1]),
-                    np.split(np.asarray(generated.log_probs)[:rows], ends[:-1])))
+        sampling.Decoding(self.mode, top_k, top_p, unknown_id=self.tokenizer.unknown_id,
+                          alternatives=ALTERNATIVES))
+    ends = np.cumsum([len(job.temperatures) for job in jobs])[:-1]
+    return list(zip(*(np.split(np.asarray(part)[:rows], ends) for part in generated)))
 
 
 def _stack(arrays: Sequence[np.ndarray], size: int, fill: float) -> np.ndarray:
@@ -312,7 +334,8 @@ def _check_seed_text(seed_text: Any, max_chars: int):
                     f'surrogate pair ({quoted(seed_text[e.start])})') from None
 
 
-def _with_rng_seed(settings: Settings) -> Settings:
+def with_rng_seed(settings: Settings) -> Settings:
+  """The settings, with a fresh rng_seed where they have none."""
   if settings.rng_seed is not None:
     return settings
   return dataclasses.replace(settings, rng_seed=_fresh_seed())

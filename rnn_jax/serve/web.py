@@ -1,30 +1,31 @@
-"""The generation pages and JSON API of a `serving.Service`, as a Starlette application.
+"""The generation pages and JSON API (`api`) of a `serving.Service`, as a Starlette application.
 
 Pages (plain HTML forms, no script): `/` continues the user's text, `/random` a random passage
-beside its real continuation, `/game` plays human or machine. API: `POST /api/generate`,
-`GET /api/random`, `GET /api/health`. Bad input is answered 4xx with a one-line message, as
-JSON under /api/ and as a page elsewhere. Every text that comes from a request or the model is
-HTML-escaped where it is written into a page; JSON is written in ASCII, and every response is
-marked nosniff.
+beside its real continuation, `/game` plays human or machine. `/stream` is the one page with a
+script (`static/stream.js`, served from here): the continuation word by word, shaded by its
+probability, with the likeliest alternatives of each word. Bad input is answered 4xx with a
+one-line message, as JSON under /api/ and as a page elsewhere. Every text that comes from a
+request or the model is HTML-escaped where it is written into a page (the script writes text
+only as text); JSON is written in ASCII, and every response is marked nosniff.
 """
 
 import collections
 import contextlib
 import html
-import json
 import secrets
-import urllib.parse
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+import urllib.parse
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rnn_jax.errors import UserError
+from rnn_jax.serve import api
 from rnn_jax.serve import game
 from rnn_jax.serve import serving
 
@@ -35,6 +36,12 @@ SEED_TAIL_WORDS = 6  # words of the seed shown before each continuation
 PAGE_HEADERS = {  # no script runs on these pages, whatever a text slipped past escaping
     'Content-Security-Policy': "default-src 'none'; style-src 'unsafe-inline'; "
                                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"}
+# The streaming page runs its own script, from this server, and reads the stream from it alone.
+STREAM_PAGE_HEADERS = {
+    'Content-Security-Policy': "default-src 'none'; style-src 'unsafe-inline'; "
+                               "script-src 'self'; connect-src 'self'; form-action 'self'; "
+                               "base-uri 'none'; frame-ancestors 'none'"}
+STREAM_SCRIPT = (Path(__file__).parent / 'static' / 'stream.js').read_text()
 # A browser must not take a JSON answer, which quotes what the request sent, for a page.
 NOSNIFF = (b'x-content-type-options', b'nosniff')
 STYLE = """
@@ -46,13 +53,14 @@ textarea { width: 100%; font: inherit; } .settings { display: flex; flex-wrap: w
 .error { color: #a00; font-weight: bold; } .seed { background: #f3f1ea; padding: 0.5em; }
 .tail { color: #888; } .generated { font-weight: bold; } .actual { color: #063; }
 .logprob { color: #888; font-size: 0.8em; } li { margin-bottom: 0.7em; }
+.word { cursor: pointer; border-radius: 3px; padding: 0 1px; } #alternatives { color: #444; }
 .human { color: #063; } .machine { color: #805; } .score { font-size: 1.1em; }
 """
 
 
 def app(service: serving.Service) -> ASGIApp:
   """The application; its lifespan runs the service's micro-batcher."""
-  pages, api = _Pages(service), _Api(service)
+  pages, endpoints = _Pages(service), api.Api(service)
 
   @contextlib.asynccontextmanager
   async def lifespan(unused_app):
@@ -61,8 +69,10 @@ def app(service: serving.Service) -> ASGIApp:
 
   routes = [Route('/', pages.generate), Route('/random', pages.random),
             Route('/game', pages.game, methods=['GET', 'POST']),
-            Route('/api/generate', api.generate, methods=['POST']),
-            Route('/api/random', api.random), Route('/api/health', api.health)]
+            Route('/stream', pages.stream),
+            Route('/api/generate', endpoints.generate, methods=['POST']),
+            Route('/api/random', endpoints.random), Route('/api/stream', endpoints.stream),
+            Route('/api/health', endpoints.health), Route('/static/stream.js', _stream_script)]
   handlers = {HTTPException: _http_error, UserError: _user_error, ClientDisconnect: _gone}
   # Outside Starlette's own middleware, so that its answers (413, 500) are marked too.
   return _NoSniff(Starlette(routes=routes, lifespan=lifespan, max_body_size=MAX_BODY_BYTES,
@@ -84,90 +94,25 @@ class _NoSniff:
     await self._inner(scope, receive, send_marked)
 
 
-class _JSONResponse(JSONResponse):
-  """JSON in ASCII: a text that the request's JSON held, half a surrogate pair included, goes
-  back escaped as it came, which UTF-8 could not encode."""
-
-  def render(self, content: Any) -> bytes:
-    return json.dumps(content, allow_nan=False, separators=(',', ':')).encode('ascii')
-
-
 def _is_api(request: Request) -> bool:
   return request.url.path.startswith('/api/')
 
 
 def _http_error(request: Request, error: HTTPException) -> Response:
   if _is_api(request):
-    return _JSONResponse({'error': error.detail}, error.status_code, error.headers)
+    return api.JSONResponse({'error': error.detail}, error.status_code, error.headers)
   return _page('Error', _error(error.detail), error.status_code, error.headers)
 
 
 def _user_error(request: Request, error: UserError) -> Response:
   if _is_api(request):
-    return _JSONResponse({'error': str(error)}, 400)
+    return api.JSONResponse({'error': str(error)}, 400)
   return _page('Error', _error(str(error)), 400)
 
 
 def _gone(unused_request: Request, unused_error: ClientDisconnect) -> Response:
   """Nobody reads this answer: it keeps a client that left mid-body out of the error log."""
   return Response(status_code=400)
-
-
-class _Api:
-  """The JSON endpoints; bad input raises UserError, answered 400 by `_user_error`."""
-
-  def __init__(self, service: serving.Service):
-    self._service = service
-
-  async def generate(self, request: Request) -> Response:
-    fields = await _json_object(request)
-    _refuse_unknown(fields, {'seed_text', *serving.Settings.FIELDS})
-    settings = serving.Settings.parse(fields, self._service.limits)
-    return _json(await self._service.continue_text(fields.get('seed_text'), settings))
-
-  async def random(self, request: Request) -> Response:
-    _refuse_unknown(request.query_params, set(serving.Settings.FIELDS))
-    settings = serving.Settings.parse(request.query_params, self._service.limits)
-    return _json(await self._service.continue_passage(settings))
-
-  async def health(self, unused_request: Request) -> Response:
-    return _JSONResponse(self._service.health())
-
-
-def _refuse_unknown(fields: Mapping[str, Any], known: set[str]):
-  unknown = sorted(set(fields) - known)
-  if unknown:
-    names = serving.cut(', '.join(map(repr, unknown)))
-    raise UserError(f'unknown field{"s" * (len(unknown) > 1)}: {names}')
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-  try:
-    fields = json.loads(await request.body(), parse_int=_integer)
-  except RecursionError:
-    raise UserError('the body must be a JSON object: it nests too deeply') from None
-  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-    raise UserError(f'the body must be a JSON object: {e}') from None
-  if not isinstance(fields, dict):
-    raise UserError(f'the body must be a JSON object, got {type(fields).__name__}')
-  return fields
-
-
-def _integer(digits: str) -> int:
-  try:
-    return int(digits)
-  except ValueError:  # past Python's limit on the digits of an integer string (4,300)
-    raise UserError(f'the body holds an integer of {len(digits.lstrip("-")):,} digits, more '
-                    f'than any field takes') from None
-
-
-def _json(continuations: serving.Continuations) -> JSONResponse:
-  answer = {'seed': continuations.seed, 'unknown_words': continuations.unknown_words,
-            'samples': [sample._asdict() for sample in continuations.samples],
-            **vars(continuations.settings)}
-  if continuations.actual is not None:
-    answer['actual'] = continuations.actual
-  return _JSONResponse(answer)
 
 
 class _Pages:
@@ -194,6 +139,20 @@ class _Pages:
             f'{_e(query.get("seed_text", ""))}</textarea>{self._settings_form(query)}'
             f'<button type="submit" id="submit">Generate</button></form>')
     return self._page('Continue your text', form + results, status)
+
+  async def stream(self, request: Request) -> Response:
+    """The form; the script sends it to /api/stream and writes the words as they come."""
+    query = request.query_params
+    form = (f'<form method="get" action="/stream" id="stream-form"><label for="seed_text">Seed '
+            f'text</label><textarea id="seed_text" name="seed_text" rows="4" required>'
+            f'{_e(query.get("seed_text", ""))}</textarea>{self._settings_form(query)}'
+            f'<button type="submit" id="submit">Generate</button></form>')
+    results = ('<p class="error" id="stream-error"></p><p class="seed" id="seed"></p>'
+               '<ol class="samples generated" id="stream" data-state="idle"></ol>'
+               '<p class="logprob">Shade: the probability of each word under the model. Hover '
+               'or click a word for the likeliest words in its place.</p>'
+               '<div id="alternatives"></div><script src="/static/stream.js"></script>')
+    return self._page('Watch it write', form + results, headers=STREAM_PAGE_HEADERS)
 
   async def random(self, request: Request) -> Response:
     query = request.query_params
@@ -289,12 +248,13 @@ class _Pages:
             f'<ol class="samples">{samples}</ol>{actual}<p class="logprob">rng_seed '
             f'{continuations.settings.rng_seed} replays these (API)</p></section>')
 
-  def _page(self, title: str, body: str, status: int = 200) -> Response:
+  def _page(self, title: str, body: str, status: int = 200,
+            headers: Mapping[str, str] | None = None) -> Response:
     service = self._service
     model = (f'{type(service.model).__name__} ({service.config.model.cell}), '
              f'vocabulary {service.tokenizer.vocab_size:,}, '
              f'{service.checkpoint} checkpoint (step {service.step}), {service.mode} mode')
-    return _page(title, f'<p class="model">{model}</p>{body}', status)
+    return _page(title, f'<p class="model">{model}</p>{body}', status, headers)
 
 
 def _page(title: str, body: str, status: int = 200,
@@ -302,13 +262,18 @@ def _page(title: str, body: str, status: int = 200,
   document = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
               f'<meta name="viewport" content="width=device-width, initial-scale=1">'
               f'<title>rnn-jax: {_e(title)}</title><style>{STYLE}</style></head><body><nav>'
-              f'<a href="/">Continue your text</a><a href="/random">Random passage</a>'
+              f'<a href="/">Continue your text</a><a href="/stream">Watch it write</a>'
+              f'<a href="/random">Random passage</a>'
               f'<a href="/game">Human or machine?</a></nav><h1>{_e(title)}</h1>{body}'
               f'</body></html>')
   # Texts come from the model and from forms and query strings, which decode what is not UTF-8
   # as U+FFFD; should half a surrogate pair still get in, it is shown as "?" rather than fail.
   return HTMLResponse(document.encode('utf-8', 'replace'), status,
                       headers=PAGE_HEADERS | dict(headers or {}))
+
+
+def _stream_script(unused_request: Request) -> Response:
+  return Response(STREAM_SCRIPT, media_type='text/javascript')
 
 
 def _error(message: str) -> str:
