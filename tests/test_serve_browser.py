@@ -69,6 +69,13 @@ def test_the_load_tool_gets_every_request_answered(server):
   assert 1 <= report['generator_calls'] <= 24
 
 
+def test_the_load_tool_reads_streams_and_times_their_first_words(server):
+  report = load_test.run_load(server, {'seed_text': 'alpha beta', 'num_words': 16}, requests=12,
+                              concurrency=4, timeout_s=60, stream=True)
+  assert (report['answered'], report['refused'], report['lost']) == (12, 0, 0)
+  assert 0 < report['first_words_p50_ms'] <= report['p50_ms']
+
+
 def follow(browser, element, timeout_s: float = 60) -> None:
   """Clicks a link or a submit button and waits for the next page, which a click does not."""
   # pylint: disable=import-outside-toplevel
