@@ -141,7 +141,7 @@ def test_evaluate_run_refuses_bad_choices(trained):
   workdir, _ = trained
   with pytest.raises(UserError, match="split: 'valid' or 'test', not 'train'"):
     evaluation.evaluate_run(workdir, split='train')
-  with pytest.raises(UserError, match="'best' or 'latest', not 'first'"):
+  with pytest.raises(UserError, match="'best', 'latest' or a step, not 'first'"):
     evaluation.evaluate_run(workdir, checkpoint='first')
 
 

@@ -1,5 +1,6 @@
 """--init_from: a new run from a trained run's parameters, model and tokenizer, on new text."""
 
+import dataclasses
 from pathlib import Path
 import re
 import shutil
@@ -14,6 +15,7 @@ from rnn_jax import train
 from rnn_jax.configs import Config, DataConfig, TrainConfig
 from rnn_jax.corpus import data
 from rnn_jax.errors import UserError
+from rnn_jax.evaluation import evaluate as evaluation
 from rnn_jax.training import checkpoints
 from rnn_jax.training import fine_tune
 
@@ -125,8 +127,10 @@ def test_a_fine_tuned_run_learns_the_new_text_resumes_without_its_source_and_sam
            '--batch_size=64', '--learning_rate=0.03', '--dense_dropout=0']
   first = run('train', *flags, '--max_epochs=1')
   assert 'words of the data' in first.stderr and 'omega' in first.stderr
-  shutil.rmtree(source)  # the work dir alone resumes it
-  run('train', *flags, '--max_epochs=3', '--resume')
+  shutil.rmtree(source)  # the work dir alone resumes it, evaluates and samples
+  config, _ = checkpoints.read_run(workdir)
+  train.train_and_evaluate(dataclasses.replace(
+      config, train=dataclasses.replace(config.train, max_epochs=3)), workdir, resume=True)
   records = read_metrics(workdir)
   assert [record['epoch'] for record in records] == [1, 2, 3]
   assert records[-1]['val_loss'] < records[0]['val_loss']
@@ -135,6 +139,6 @@ def test_a_fine_tuned_run_learns_the_new_text_resumes_without_its_source_and_sam
                 '--temperature=0')
   backwards = [f'{later} {earlier}' for earlier, later in zip(CYCLE, CYCLE[1:])]
   assert any(pair in sampled.stdout for pair in backwards)  # passages of the new text
-  evaluated = run('evaluate', f'--workdir={workdir}', '--split=valid')
   best = min(record['val_loss'] for record in records)
-  assert f'{best:.4f}' in evaluated.stdout  # the run's own windows, read with its tokenizer
+  # The run's own windows, read with its tokenizer.
+  assert evaluation.evaluate_run(workdir)['loss'] == pytest.approx(best, abs=1e-6)
