@@ -226,6 +226,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, resume: bool = Fa
   parallel.check_batch_size(config.train.eval_batch_size, 'eval_batch_size')
   dataset = data.prepare(config, fine_tune.tokenizer(workdir, config, resume))
   logging.info('Data: %s', json.dumps(dataset.summary()))
+  if config.train.samples_per_epoch:
+    passages.check(dataset.valid_texts, config.data.training_length)
   if config.train.init_from:
     logging.info('Fine-tuning %s: %s', config.train.init_from,
                  fine_tune.describe_outside(dataset.outside_vocabulary))

@@ -1,5 +1,6 @@
 """A run's TensorBoard events, read back with TensorBoard's own reader, against metrics.jsonl."""
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -10,6 +11,7 @@ from tensorboard.util import tensor_util
 
 from rnn_jax import train
 from rnn_jax.corpus import data
+from rnn_jax.errors import UserError
 from rnn_jax.training import checkpoints
 from rnn_jax.training import events
 
@@ -30,6 +32,16 @@ def scalars(reader, tag: str) -> tuple[list[int], np.ndarray]:
   found = reader.Tensors(tag)
   return ([event.step for event in found],
           np.array([tensor_util.make_ndarray(event.tensor_proto) for event in found]))
+
+
+def test_samples_that_no_validation_text_is_long_enough_for_are_refused_before_training(
+    corpus, tmp_path):
+  config = tiny_config(corpus, samples_per_epoch=1)
+  config = dataclasses.replace(config, data=dataclasses.replace(config.data, training_length=25))
+  with pytest.raises(UserError, match='no validation text has the 35 tokens a sample passage '
+                                      'needs; set it to 0'):
+    train.train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / checkpoints.CONFIG).exists()
 
 
 @pytest.mark.heavy

@@ -11,6 +11,7 @@ from rnn_jax.configs import Config
 from rnn_jax.corpus import data
 from rnn_jax.corpus import seeds
 from rnn_jax.corpus.text import Tokenizer
+from rnn_jax.errors import UserError
 from rnn_jax.generation import sampling
 from rnn_jax.model.word_rnn import WordRNN
 
@@ -30,6 +31,14 @@ def continue_random(model: WordRNN, params: Any, tokenizer: Tokenizer,
                                       sampling.Decoding(unknown_id=tokenizer.unknown_id))
   return [(seeds.show(tokenizer, passage.tokens), seeds.show(tokenizer, tokens))
           for passage, tokens in zip(passages, np.asarray(generated.tokens))]
+
+
+def check(texts: Sequence[Sequence[int]], length: int):
+  """Refuses, before a run trains, samples that no text of `texts` is long enough for."""
+  if not any(len(text) >= length + seeds.MIN_ACTUAL_WORDS for text in texts):
+    raise UserError(f'--samples_per_epoch: no validation text has the '
+                    f'{length + seeds.MIN_ACTUAL_WORDS} tokens a sample passage needs; set it '
+                    'to 0')
 
 
 # Each epoch's samples: as long and as diverse as experiments.train's own at the end.
