@@ -22,7 +22,7 @@ from rnn_jax.errors import UserError
 from rnn_jax.model.word_rnn import WordRNN
 
 flags.DEFINE_string('workdir', None, 'The trained run to read the text with.', required=True)
-flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of the run.')
+config_flags.define_checkpoint_flag()
 flags.DEFINE_string('text', None, 'The text to read.', required=True)
 flags.DEFINE_integer('top_units', 5, 'Units shown per word, the most active first.',
                      lower_bound=1)
@@ -39,7 +39,7 @@ def main(argv):
   out = Path(FLAGS.out) if FLAGS.out else Path(FLAGS.workdir) / HEATMAP
   if new_figure and out.suffix.lower() != '.png':
     raise UserError(f'--out must name a .png file, not {out}')
-  config, tokenizer, model, params = train.load(FLAGS.workdir, FLAGS.checkpoint)
+  config, tokenizer, model, params = train.load(FLAGS.workdir, config_flags.checkpoint_from_flags())
   seed = seeds.from_text(FLAGS.text, tokenizer)
   words = [tokenizer.index_word[token] for token in seed.tokens]
   states = hidden_states(model, params, seed.tokens)

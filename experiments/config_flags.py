@@ -66,6 +66,19 @@ def config_from_flags() -> Config:
   return Config.from_flat(values)
 
 
+def define_checkpoint_flag():
+  """--checkpoint, for the commands that read a trained run."""
+  # A string rather than an enum: a step number is a checkpoint too.
+  flags.DEFINE_string('checkpoint', 'best', "Which checkpoint of the run: 'best' (lowest "
+                      "validation loss), 'latest', or a step (the names in WORKDIR/checkpoints).")
+
+
+def checkpoint_from_flags() -> str | int:
+  """'best', 'latest' or a step; anything else is refused where the run is read."""
+  which = flags.FLAGS.checkpoint
+  return int(which) if which.isascii() and which.isdigit() else which
+
+
 def define_parallel_flags():
   """Where training runs: a mesh of devices, and the processes of a multi-host run."""
   flags.DEFINE_list('mesh_shape', [], 'Devices along the mesh axes data[,model]; default: every '

@@ -14,10 +14,9 @@ from experiments import config_flags
 from rnn_jax.evaluation import evaluate as evaluation
 
 flags.DEFINE_string('workdir', None, 'The trained run to score.', required=True)
+config_flags.define_checkpoint_flag()
 # Strings rather than enums, so that a bad value is reported like any other bad input.
 flags.DEFINE_string('split', 'valid', "The windows to score: 'valid' or 'test'.")
-flags.DEFINE_string('checkpoint', 'best', "Which checkpoint: 'best' (lowest validation loss) "
-                    "or 'latest'.")
 flags.DEFINE_integer('ngram_order', 4, 'Order of the Kneser-Ney baseline: it reads the last '
                      'ngram_order - 1 tokens of each window.')
 flags.DEFINE_bool('mixture', False, "Also score the model's distribution mixed with the "
@@ -33,9 +32,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  results = evaluation.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.checkpoint,
-                                    FLAGS.ngram_order, FLAGS.mixture, FLAGS.cache,
-                                    FLAGS.dynamic)
+  results = evaluation.evaluate_run(FLAGS.workdir, FLAGS.split,
+                                    config_flags.checkpoint_from_flags(), FLAGS.ngram_order,
+                                    FLAGS.mixture, FLAGS.cache, FLAGS.dynamic)
   print(evaluation.table(results))
   print(json.dumps(results))
 

@@ -20,7 +20,7 @@ from rnn_jax.errors import UserError
 
 flags.DEFINE_string('workdir', None, 'The trained run whose embedding matrix to export.',
                     required=True)
-flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of the run.')
+config_flags.define_checkpoint_flag()
 flags.DEFINE_integer('top_n', 5000, 'Export the most frequent words, this many (words without '
                      'a vector, all zeros, are left out).', lower_bound=1)
 flags.DEFINE_string('out', None, 'The folder to write into.', required=True)
@@ -36,7 +36,7 @@ def main(argv):
   del argv
   # Checked before anything is written: a missing matplotlib is no half-done export.
   new_figure = figures.figure_maker('the map', '--nomap') if FLAGS.map else None
-  _, tokenizer, _, params = train.load(FLAGS.workdir, FLAGS.checkpoint)
+  _, tokenizer, _, params = train.load(FLAGS.workdir, config_flags.checkpoint_from_flags())
   matrix = np.asarray(params['embed']['embedding'], np.float32)
   rows = top_rows(matrix, FLAGS.top_n)
   if not rows:

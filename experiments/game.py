@@ -17,7 +17,7 @@ from rnn_jax.serve import game
 
 flags.DEFINE_string('workdir', None, 'The trained run that writes the machine continuations.',
                     required=True)
-flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of the run.')
+config_flags.define_checkpoint_flag()
 flags.DEFINE_integer('rounds', 5, 'Rounds to play.', lower_bound=1,
                      upper_bound=config_flags.MAX_ROWS // 2)
 flags.DEFINE_integer('num_words', 50, 'Words (characters at level char) per continuation '
@@ -32,7 +32,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   rng_seed = secrets.randbelow(2**31) if FLAGS.rng_seed is None else FLAGS.rng_seed
-  config, tokenizer, model, params = train.load(FLAGS.workdir, FLAGS.checkpoint)
+  config, tokenizer, model, params = train.load(FLAGS.workdir, config_flags.checkpoint_from_flags())
   texts = data.prepare_run(config, tokenizer).valid_texts
   rounds = game.make_rounds(model, params, tokenizer, texts, config.data.training_length,
                             FLAGS.rounds, FLAGS.num_words, rng_seed,

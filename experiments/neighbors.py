@@ -13,9 +13,9 @@ from rnn_jax.corpus import embeddings
 from rnn_jax.errors import UserError
 
 flags.DEFINE_string('workdir', None, 'The trained run whose embedding matrix to search.')
+config_flags.define_checkpoint_flag()
 flags.DEFINE_string('vectors', None, 'A GloVe or word2vec text file to search instead; a relative '
                     'name is also looked up in $RNN_JAX_DATA_DIR.')
-flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of the run.')
 flags.DEFINE_list('words', None, 'The query words, comma separated.', required=True)
 flags.DEFINE_integer('k', 10, 'Neighbours per word.', lower_bound=1)
 FLAGS = flags.FLAGS
@@ -32,7 +32,7 @@ def main(argv):
 
 def _from_run():
   """(words by row, f32[vocab, dim] matrix, query word -> row or None) of a trained run."""
-  _, tokenizer, _, params = train.load(FLAGS.workdir, FLAGS.checkpoint)
+  _, tokenizer, _, params = train.load(FLAGS.workdir, config_flags.checkpoint_from_flags())
   matrix = np.array(params['embed']['embedding'], np.float32)
   matrix[0] = 0  # padding is no word: zero rows are nobody's neighbour
   words = [''] + [tokenizer.index_word[i] for i in range(1, len(matrix))]

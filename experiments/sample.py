@@ -21,7 +21,7 @@ from rnn_jax.errors import UserError
 from rnn_jax.generation import sampling
 
 flags.DEFINE_string('workdir', None, 'The trained run to sample from.', required=True)
-flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of the run.')
+config_flags.define_checkpoint_flag()
 flags.DEFINE_multi_string('seed_text', [], 'Text to continue; repeat the flag for several seeds.')
 flags.DEFINE_integer('num_random_seeds', 0, 'Continue this many random passages of the '
                      'validation texts (of every text for runs split by windows); 3 when no '
@@ -57,7 +57,7 @@ def main(argv):
   if FLAGS.beam_width > 1 and FLAGS.num_samples > 1:
     raise UserError('beam search finds one continuation per seed: use --num_samples=1')
   output = FLAGS.output and _writable(Path(FLAGS.output))
-  config, tokenizer, model, params = train.load(FLAGS.workdir, FLAGS.checkpoint)
+  config, tokenizer, model, params = train.load(FLAGS.workdir, config_flags.checkpoint_from_flags())
   decoding = dataclasses.replace(decoding, unknown_id=tokenizer.unknown_id)
   seed_list = _seeds(config, tokenizer)
   rows = len(seed_list) * FLAGS.num_samples * FLAGS.beam_width

@@ -17,7 +17,7 @@ from rnn_jax.generation import sampling
 from rnn_jax.serve import serving
 
 flags.DEFINE_string('workdir', None, 'The trained run to serve.', required=True)
-flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint of the run.')
+config_flags.define_checkpoint_flag()
 flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on; 0.0.0.0 opens the server to '
                     'other machines.')
 flags.DEFINE_integer('port', 8000, 'Port to listen on.', lower_bound=0, upper_bound=65535)
@@ -56,8 +56,8 @@ def main(argv):
     raise UserError(f"the server needs the serve extra (pip install -e '.[serve]'): {e}") from None
   limits = serving.Limits(batch_sizes=_integers('batch_sizes'), max_words=FLAGS.max_words,
                           chunk_words=FLAGS.chunk_words, max_samples=FLAGS.max_samples)
-  service = serving.Service(FLAGS.workdir, FLAGS.checkpoint, FLAGS.mode, limits,
-                            FLAGS.batch_wait_ms / 1000, FLAGS.micro_batching)
+  service = serving.Service(FLAGS.workdir, config_flags.checkpoint_from_flags(), FLAGS.mode,
+                            limits, FLAGS.batch_wait_ms / 1000, FLAGS.micro_batching)
   start = time.perf_counter()
   programs = service.warm_up()
   print(f'Compiled {programs} generator programs in {time.perf_counter() - start:.1f} s; '

@@ -320,18 +320,10 @@ def load(workdir: str | Path, which: str | int = 'best') -> tuple[Config, Any, W
 
   The params are those training scored: the averaged weights, where the run averages them.
   """
-  if which not in ('best', 'latest') and not isinstance(which, int):
-    raise UserError(f"which checkpoint: 'best', 'latest' or a step, not {which!r}")
   config, tokenizer = checkpoints.read_run(workdir)
   manager = checkpoints.manager(workdir)
   try:
-    step = {'best': manager.best_step, 'latest': manager.latest_step}.get(which, lambda: which)()
-    if step is None:  # 'best' is among the epochs' checkpoints, not those inside an epoch
-      raise UserError(f'{workdir} holds no {"epoch-end " if which == "best" else ""}'
-                      'checkpoint yet')
-    if step not in manager.all_steps():
-      raise UserError(f'{workdir} holds no checkpoint {step} (it holds '
-                      f'{", ".join(map(str, manager.all_steps())) or "none"})')
+    step = checkpoints.step_of(manager, which)
     target = create_train_state(config, tokenizer.vocab_size)
     state, _ = checkpoints.read_back(manager, step, target)
   finally:

@@ -179,6 +179,27 @@ def test_cli_prints_a_table_and_the_figures_as_json(trained):
   assert float(lines[3].split()[3]) == pytest.approx(expected['loss'] / math.log(2), abs=1e-4)
 
 
+def test_cli_scores_a_checkpoint_named_by_its_step(trained):
+  workdir, _ = trained
+  manager = checkpoints.manager(workdir)
+  steps, best = manager.all_steps(), manager.best_step()
+  manager.close()
+  other = next(step for step in steps if step != best)
+  result = run_cli(f'--workdir={workdir}', f'--checkpoint={other}')
+  assert result.returncode == 0, result.stderr
+  printed = json.loads(result.stdout.strip().splitlines()[-1])
+  assert printed['checkpoint'] == other
+  assert f'checkpoint {other} (epoch {printed["epoch"]})' in result.stdout
+  expected = evaluation.evaluate_run(workdir, checkpoint=other)
+  assert printed['loss'] == pytest.approx(expected['loss'], rel=1e-6)
+  assert expected['loss'] != pytest.approx(evaluation.evaluate_run(workdir)['loss'], rel=1e-6)
+  absent = max(steps) + 1
+  result = run_cli(f'--workdir={workdir}', f'--checkpoint={absent}')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: {workdir} holds no checkpoint {absent} (it holds {", ".join(map(str, steps))})')
+
+
 def test_bad_input_is_one_line_and_the_cli_prints_it_so(trained, corpus, tmp_path):
   workdir, _ = trained
   no_test = dataclasses.replace(tiny_config(corpus).data, valid_fraction=0.2)

@@ -33,7 +33,7 @@ WEIGHTS = np.linspace(0, 1, 21)  # the model's share in a mixture with the n-gra
 MIXTURE_BATCH = 1024  # windows per mixture step: two f32[batch, vocab] distributions and a mix
 
 
-def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str = 'best',
+def evaluate_run(workdir: str | Path, split: str = 'valid', checkpoint: str | int = 'best',
                  ngram_order: int = ngram.ORDER, mixture: bool = False,
                  cache: bool = False, dynamic: bool = False) -> dict[str, Any]:
   """Scores a run's checkpoint on one split, rebuilt from the work dir alone.
@@ -169,7 +169,9 @@ def table(results: dict[str, Any]) -> str:
   for i, (label, _) in enumerate(rows):
     lines.append(f'{label:<{label_width}}' +
                  ''.join(f'   {column[i]:>{widths[name]}}' for name, column in cells.items()))
-  heading = (f'{results["workdir"]}: {results["checkpoint"]} checkpoint (epoch '
+  which = results['checkpoint']
+  which = f'checkpoint {which}' if isinstance(which, int) else f'{which} checkpoint'
+  heading = (f'{results["workdir"]}: {which} (epoch '
              f'{results["epoch"]}) on {results["num_windows"]:,} {results["split"]} windows')
   return '\n'.join([heading, *lines])
 
@@ -181,12 +183,11 @@ def _with_loss_figures(loss: float | None, *others: float | None) -> tuple[float
   return loss, metrics.bits(loss), metrics.perplexity(loss), *others
 
 
-def _epoch(workdir: str | Path, checkpoint: str) -> int:
-  """The epochs finished when the best or latest checkpoint was saved."""
+def _epoch(workdir: str | Path, checkpoint: str | int) -> int:
+  """The epochs finished when the checkpoint was saved."""
   manager = checkpoints.manager(workdir)
   try:
-    step = manager.best_step() if checkpoint == 'best' else manager.latest_step()
-    return checkpoints.progress_of(manager, step)['epoch']
+    return checkpoints.progress_of(manager, checkpoints.step_of(manager, checkpoint))['epoch']
   finally:
     manager.close()
 

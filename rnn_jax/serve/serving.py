@@ -168,7 +168,7 @@ class Service:
 
   Args:
     workdir: the trained run.
-    checkpoint: 'best' or 'latest'.
+    checkpoint: 'best', 'latest' or a step.
     mode: 'window' or 'stateful' (`sampling.MODES`); seeds are read through their last
       training_length words in both.
     limits: caps and compiled shapes.
@@ -176,7 +176,7 @@ class Service:
     micro_batching: False gives every request a call of its own, for comparison.
   """
 
-  def __init__(self, workdir: str | Path, checkpoint: str = 'best', mode: str = 'window',
+  def __init__(self, workdir: str | Path, checkpoint: str | int = 'best', mode: str = 'window',
                limits: Limits = Limits(), wait_s: float = 0.005, micro_batching: bool = True):
     sampling.Decoding(mode)  # a bad mode fails here, before anything loads
     self.config, self.tokenizer, self.model, self.params = train.load(workdir, checkpoint)
@@ -345,9 +345,9 @@ def _fresh_seed() -> int:
   return secrets.randbelow(MAX_RNG_SEED + 1)
 
 
-def _checkpoint_step(workdir: str | Path, which: str) -> int | None:
+def _checkpoint_step(workdir: str | Path, which: str | int) -> int:
   manager = checkpoints.manager(workdir)
   try:
-    return manager.best_step() if which == 'best' else manager.latest_step()
+    return checkpoints.step_of(manager, which)
   finally:
     manager.close()

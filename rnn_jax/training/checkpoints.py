@@ -160,6 +160,22 @@ def read_back(checkpoint_manager: ocp.CheckpointManager, step: int,
                     f'back ({_reason(error)}): it is damaged') from None
 
 
+def step_of(checkpoint_manager: ocp.CheckpointManager, which: str | int) -> int:
+  """The step of checkpoint `which`: 'best' (lowest validation loss), 'latest' or a step."""
+  if which not in ('best', 'latest') and not isinstance(which, int):
+    raise UserError(f"which checkpoint: 'best', 'latest' or a step, not {which!r}")
+  steps = checkpoint_manager.all_steps()
+  step = {'best': checkpoint_manager.best_step,
+          'latest': checkpoint_manager.latest_step}.get(which, lambda: which)()
+  if step is None:  # 'best' is among the epochs' checkpoints, not those inside an epoch
+    raise UserError(f'{checkpoint_manager.directory.parent} holds no '
+                    f'{"epoch-end " if which == "best" else ""}checkpoint yet')
+  if step not in steps:
+    raise UserError(f'{checkpoint_manager.directory.parent} holds no checkpoint {step} (it holds '
+                    f'{", ".join(map(str, steps)) or "none"})')
+  return step
+
+
 def progress_of(checkpoint_manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   """The progress saved at `step` (its epoch, position and early-stopping state)."""
   progress = checkpoint_manager.restore(step, args=ocp.args.Composite(
