@@ -7,10 +7,14 @@ import socket
 import time
 import urllib.parse
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from rnn_jax.corpus import seeds
+from rnn_jax.corpus import text
 from rnn_jax.serve import serving
+from rnn_jax.serve import streaming
 from rnn_jax.serve import web
 
 from conftest import running_server
@@ -74,6 +78,28 @@ def test_the_stream_writes_what_generate_writes_with_probabilities_and_alternati
       shown = {a['word']: a['probability'] for a in word['alternatives']}
       assert shown.get(word['word'], word['probability']) == word['probability']
       assert word['probability'] <= likeliest[0]
+
+
+def test_the_words_texts_add_up_to_the_display_of_the_whole_sample():
+  # pylint: disable=protected-access
+  # The trained corpus has no punctuation: here the display glues some onto the word before it.
+  tokenizer = text.Tokenizer(filters='')
+  tokenizer.fit_on_texts(['a network , trained . on ; patents ? yes'])
+
+  class Shown:
+    def show(self, tokens):
+      return seeds.show(tokenizer, tokens)
+
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    seed, generated = rng.integers(1, tokenizer.vocab_size, size=(2, 12)).tolist()
+    before = seed[-1:]
+    texts = []
+    for token in generated:
+      texts.append(streaming._word(Shown(), before, token, 0.0, [], [])['text'])
+      before = [token]
+    whole = seeds.show(tokenizer, seed + generated)
+    assert ''.join(texts) == whole[len(seeds.show(tokenizer, seed)):]
 
 
 @pytest.mark.parametrize('query, message', [

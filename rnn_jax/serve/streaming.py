@@ -39,28 +39,28 @@ def events(service: serving.Service, seed_text: Any,
 async def _stream(service, seed, settings, rng) -> AsyncIterator[bytes]:
   yield event('start', {'seed': service.show(seed.tokens), 'unknown_words': seed.unknown,
                         **vars(settings)})
-  shown = [list(seed.tokens) for _ in range(settings.num_samples)]
+  # Each sample's last token: how a word is glued on depends on the one before it alone.
+  last = [list(seed.tokens[-1:]) for _ in range(settings.num_samples)]
   async for tokens, log_probs, alternatives, alternative_log_probs in service.chunks(
       seed.tokens, settings, rng):
     samples = []
-    for row, history in enumerate(shown):
+    for row, before in enumerate(last):
       words = []
       for step, token in enumerate(tokens[row]):
-        words.append(_word(service, history, int(token), log_probs[row, step],
+        words.append(_word(service, before, int(token), log_probs[row, step],
                            alternatives[row, step], alternative_log_probs[row, step]))
+        before = [int(token)]
+      last[row] = before
       samples.append(words)
     yield event('words', {'samples': samples})
   yield event('end', {})
 
 
-def _word(service: serving.Service, history: list[int], token: int, log_prob: float,
+def _word(service: serving.Service, before: list[int], token: int, log_prob: float,
           alternatives: Sequence[int], alternative_log_probs: Sequence[float]) -> dict:
-  """One generated word for the page; `history` (the sample's tokens so far) grows by it."""
-  before = service.show(history)
-  history.append(token)
-  after = service.show(history)
+  """One generated word for the page, after `before` (the sample's last token, if any)."""
   # The display glues punctuation to the word before it: what to append is the difference.
-  text = after[len(before):] if after.startswith(before) else ' ' + service.show([token])
+  text = service.show(before + [token])[len(service.show(before)):]
   return {'text': text, 'word': service.show([token]), 'probability': _probability(log_prob),
           'alternatives': [{'word': service.show([int(a)]), 'probability': _probability(p)}
                            for a, p in zip(alternatives, alternative_log_probs)]}
